@@ -1,0 +1,111 @@
+"""asyncchat: chat servers on asyncio — one hub, TCP and UDP front ends.
+
+::
+
+    import asyncio, asyncchat
+
+    async def main():
+        hub = asyncchat.Hub()
+        async with asyncchat.serve_tcp(hub, port=0) as server:
+            print("listening on", server.address)
+            await server.serve_forever()
+
+The core (hub, session, protocol, framing, limits, errors, events) is pure
+and imported eagerly.  The transports and optional integrations are imported
+on first use (PEP 562), so ``python -m asyncchat.tcp`` never runs a module twice.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+from .errors import (
+    ChatError,
+    CommandError,
+    DependencyMissing,
+    InvalidEncoding,
+    InvalidName,
+    LineTooLong,
+    NameTaken,
+    ProtocolError,
+    Refused,
+    UsageError,
+)
+from .events import (
+    Action,
+    ChatEvent,
+    Closing,
+    Error,
+    Joined,
+    Left,
+    Message,
+    NickChanged,
+    Notice,
+    Private,
+)
+from .hub import Hub, HubStatistics, Member, RoomInfo, Sink
+from .limits import Limits, SlowConsumerPolicy
+from .session import Session, SessionState
+
+if TYPE_CHECKING:
+    from .runtime import watch
+    from .tcp import TcpServer, serve_tcp
+
+__all__ = [
+    "Action",
+    "ChatError",
+    "ChatEvent",
+    "Closing",
+    "CommandError",
+    "DependencyMissing",
+    "Error",
+    "Hub",
+    "HubStatistics",
+    "InvalidEncoding",
+    "InvalidName",
+    "Joined",
+    "Left",
+    "Limits",
+    "LineTooLong",
+    "Member",
+    "Message",
+    "NameTaken",
+    "NickChanged",
+    "Notice",
+    "Private",
+    "ProtocolError",
+    "Refused",
+    "RoomInfo",
+    "Session",
+    "SessionState",
+    "Sink",
+    "SlowConsumerPolicy",
+    "TcpServer",
+    "UsageError",
+    "__version__",
+    "serve_tcp",
+    "watch",
+]
+
+_LAZY = {
+    "TcpServer": "tcp",
+    "serve_tcp": "tcp",
+    "watch": "runtime",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'asyncchat' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

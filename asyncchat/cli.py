@@ -1,0 +1,179 @@
+"""Command-line front end shared by ``python -m asyncchat[.tcp|.udp]``.
+
+Options, logging set-up, event-loop choice (uvloop when available) and
+signal handling live here; the transports only provide ``serve_*``.
+SIGINT and SIGTERM shut down gracefully: every member receives
+``*** closing: server is shutting down`` and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import __version__
+from .hub import Hub
+from .limits import Limits, SlowConsumerPolicy
+
+__all__ = ["build_parser", "limits_from_args", "new_event_loop", "run"]
+
+logger = logging.getLogger("asyncchat")
+
+# Limits field -> (flag, metavar, help).  Every field of Limits has a flag.
+_LIMIT_FLAGS: dict[str, tuple[str, str, str]] = {
+    "max_line_bytes": ("--max-line-bytes", "BYTES", "longest accepted input line"),
+    "history_lines": ("--history", "N", "chat lines per room replayed to a member who joins"),
+    "outbox_high_water": (
+        "--outbox-high-water",
+        "BYTES",
+        "unsent output per member before the slow-consumer policy applies",
+    ),
+    "slow_consumer": (
+        "--slow-consumer",
+        "POLICY",
+        "what to do with a member over the high-water mark: disconnect or drop",
+    ),
+    "rate_lines_per_second": ("--rate", "LINES", "sustained input lines per second per member"),
+    "rate_burst": ("--rate-burst", "LINES", "lines per member allowed in a burst above --rate"),
+    "rate_disconnect_after": (
+        "--rate-disconnect-after",
+        "LINES",
+        "lines refused in a row by the rate limit before disconnecting",
+    ),
+    "max_members": ("--max-members", "N", "members across all transports"),
+    "max_per_ip": ("--max-per-ip", "N", "connections (or UDP members) per source IP address"),
+    "max_rooms": ("--max-rooms", "N", "rooms that may exist at once"),
+    "login_timeout": ("--login-timeout", "SECONDS", "time a new connection has to choose a nickname"),
+    "idle_timeout": ("--idle-timeout", "SECONDS", "silence after which a TCP member is disconnected"),
+    "udp_idle_timeout": ("--udp-idle-timeout", "SECONDS", "silence after which a UDP member expires"),
+    "shutdown_timeout": ("--shutdown-timeout", "SECONDS", "time allowed for flushing output at shutdown"),
+}
+
+
+def build_parser(prog: str, *, tcp: bool, udp: bool) -> argparse.ArgumentParser:
+    """The argument parser of one of the server commands."""
+    what = " and ".join(name for name, on in (("TCP", tcp), ("UDP", udp)) if on)
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=f"Serve an asyncchat chat room over {what}. Connect with e.g. 'nc 127.0.0.1 8080'.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"asyncchat {__version__}")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (e.g. ::1, 0.0.0.0)")
+    if tcp:
+        parser.add_argument("--port", type=int, default=8080, help="TCP port (0 picks a free one; the log says which)")
+    if udp:
+        parser.add_argument("--udp-port", type=int, default=8000, help="UDP port (0 picks a free one)")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="logging level (INFO: connections; DEBUG: every line)",
+    )
+    parser.add_argument(
+        "--loop",
+        default="auto",
+        choices=["auto", "asyncio", "uvloop"],
+        help="event loop: auto uses uvloop when it is installed",
+    )
+    parser.add_argument(
+        "--stats-interval", type=float, default=0.0, metavar="SECONDS", help="log statistics every SECONDS (0: never)"
+    )
+    limits = parser.add_argument_group("limits")
+    defaults = Limits()
+    for field in dataclasses.fields(Limits):
+        flag, metavar, text = _LIMIT_FLAGS[field.name]
+        default = getattr(defaults, field.name)
+        if isinstance(default, SlowConsumerPolicy):
+            limits.add_argument(
+                flag, dest=field.name, choices=[p.value for p in SlowConsumerPolicy], default=default.value, help=text
+            )
+        else:
+            limits.add_argument(flag, dest=field.name, type=type(default), default=default, metavar=metavar, help=text)
+    return parser
+
+
+def limits_from_args(args: argparse.Namespace) -> Limits:
+    """The :class:`Limits` the parsed options describe (raises ``ValueError`` if out of range)."""
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(Limits):
+        value = getattr(args, field.name)
+        values[field.name] = SlowConsumerPolicy(value) if field.name == "slow_consumer" else value
+    return Limits(**values)
+
+
+def new_event_loop(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """A loop factory for *choice* (``auto``, ``asyncio`` or ``uvloop``)."""
+    if choice in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise SystemExit("--loop uvloop needs uvloop: pip install 'asyncchat[uvloop]'") from None
+        else:
+            return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
+def setup_logging(level: str) -> None:
+    """Log to stderr with timestamps at *level*."""
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+async def _serve(args: argparse.Namespace, hub: Hub, *, tcp: bool, udp: bool) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with contextlib.AsyncExitStack() as stack:
+        if tcp:
+            from .tcp import serve_tcp
+
+            await stack.enter_async_context(serve_tcp(hub, host=args.host, port=args.port))
+        if udp:
+            from .udp import serve_udp
+
+            await stack.enter_async_context(serve_udp(hub, host=args.host, port=args.udp_port))
+        if args.stats_interval > 0:
+            from .runtime import attach
+
+            runtime = attach(hub)
+            runtime.log_statistics(args.stats_interval)
+            stack.callback(runtime.release)
+        logger.info("asyncchat %s running on %s loop; Ctrl-C stops", __version__, type(loop).__module__.split(".")[0])
+        await stop.wait()
+        logger.info("shutting down")
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(signum)
+
+
+def run(argv: Sequence[str] | None, *, prog: str, tcp: bool, udp: bool) -> int:
+    """Parse *argv*, serve until SIGINT/SIGTERM, and return the exit code."""
+    parser = build_parser(prog, tcp=tcp, udp=udp)
+    args = parser.parse_args(argv)
+    try:
+        limits = limits_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    setup_logging(args.log_level)
+    hub = Hub(limits=limits)
+    try:
+        with asyncio.Runner(loop_factory=new_event_loop(args.loop)) as runner:
+            runner.run(_serve(args, hub, tcp=tcp, udp=udp))
+    except OSError as exc:
+        logger.error("cannot serve: %s", exc)
+        return 1
+    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+        return 130
+    return 0

@@ -1,0 +1,139 @@
+"""asyncio glue shared by the transports: drives a hub from the running loop.
+
+:func:`attach` binds a :class:`~asyncchat.hub.Hub` to the running event
+loop: the hub's wake-up becomes ``loop.call_soon(hub.flush)`` (so all output
+queued during one loop iteration leaves in one write per member), and one
+periodic timer per hub calls :meth:`Hub.tick` for the login and idle
+timeouts (one timer for the whole hub, not one per connection).
+:class:`watch` turns hub events into an async iterator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from types import TracebackType
+
+from .events import ChatEvent
+from .hub import Hub
+
+__all__ = ["Runtime", "attach", "watch"]
+
+logger = logging.getLogger("asyncchat")
+
+TICK_SECONDS = 1.0
+
+
+class Runtime:
+    """The binding of one hub to one event loop, shared by every server of the hub."""
+
+    def __init__(self, hub: Hub, loop: asyncio.AbstractEventLoop) -> None:
+        self.hub = hub
+        self.loop = loop
+        self.users = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._stats_interval = 0.0
+        self._stats_timer: asyncio.TimerHandle | None = None
+        hub.set_wakeup(self._wakeup)
+        self._tick()
+
+    def _wakeup(self) -> None:
+        self.loop.call_soon(self.hub.flush)
+
+    def _tick(self) -> None:
+        self.hub.tick(self.loop.time())
+        self._timer = self.loop.call_later(TICK_SECONDS, self._tick)
+
+    def log_statistics(self, interval: float) -> None:
+        """Log the hub's statistics at INFO every *interval* seconds (0 stops)."""
+        if self._stats_timer is not None:
+            self._stats_timer.cancel()
+            self._stats_timer = None
+        self._stats_interval = interval
+        if interval > 0:
+            self._stats_timer = self.loop.call_later(interval, self._log_stats)
+
+    def _log_stats(self) -> None:
+        logger.info("statistics %s", self.hub.statistics())
+        self._stats_timer = self.loop.call_later(self._stats_interval, self._log_stats)
+
+    def release(self) -> None:
+        """One server stopped using the hub; unbind when none is left."""
+        self.users -= 1
+        if self.users > 0:
+            return
+        for timer in (self._timer, self._stats_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._stats_timer = None
+        self.hub.flush()
+        self.hub.set_wakeup(None)
+        _runtimes.pop(self.hub, None)
+
+
+_runtimes: dict[Hub, Runtime] = {}
+
+
+def attach(hub: Hub) -> Runtime:
+    """Bind *hub* to the running loop (or reuse the binding); call ``release()`` when done.
+
+    Raises :class:`RuntimeError` if the hub is bound to another, still running loop.
+    """
+    loop = asyncio.get_running_loop()
+    runtime = _runtimes.get(hub)
+    if runtime is not None and runtime.loop is not loop:
+        if runtime.loop.is_running():
+            raise RuntimeError(f"{hub!r} is already served by another event loop")
+        runtime = None
+    if runtime is None:
+        runtime = _runtimes[hub] = Runtime(hub, loop)
+    runtime.users += 1
+    return runtime
+
+
+class watch:
+    """Observe a hub's events as an async iterator.
+
+    ::
+
+        async with watch(hub) as events:
+            async for event in events:
+                ...
+
+    Events are buffered up to *maxsize*; past that the oldest are dropped and
+    counted in :attr:`dropped` (an observer that stops reading never costs the
+    chat memory or speed).
+    """
+
+    def __init__(self, hub: Hub, *, maxsize: int = 1024) -> None:
+        self.hub = hub
+        self.maxsize = maxsize
+        self.dropped = 0
+        self._queue: asyncio.Queue[ChatEvent] = asyncio.Queue()
+        self._unsubscribe: Callable[[], None] | None = None
+
+    def _put(self, event: ChatEvent) -> None:
+        if self._queue.qsize() >= self.maxsize:
+            self._queue.get_nowait()
+            self.dropped += 1
+        self._queue.put_nowait(event)
+
+    async def __aenter__(self) -> watch:
+        self._unsubscribe = self.hub.subscribe(self._put)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+    def __aiter__(self) -> watch:
+        return self
+
+    async def __anext__(self) -> ChatEvent:
+        if self._unsubscribe is None:
+            raise RuntimeError("use 'async with watch(hub) as events' before iterating")
+        return await self._queue.get()

@@ -66,13 +66,15 @@ class LineDecoder:
     by ``max_line_bytes`` whatever the input.
     """
 
-    __slots__ = ("_buf", "_skipped", "max_line_bytes")
+    __slots__ = ("_buf", "_skip_cr", "_skipped", "max_line_bytes")
 
     def __init__(self, max_line_bytes: int) -> None:
         self.max_line_bytes = max_line_bytes
         self._buf = b""
         # Bytes of the current over-long line seen so far, or -1 when not skipping.
         self._skipped = -1
+        # Whether the last skipped byte was a CR (it belongs to a CRLF ending).
+        self._skip_cr = False
 
     def __repr__(self) -> str:
         return f"<LineDecoder buffered={len(self._buf)} skipping={self._skipped >= 0}>"
@@ -90,7 +92,7 @@ class LineDecoder:
             if self._skipped >= 0:
                 size = self._skipped + len(first)
                 self._skipped = -1
-                if first.endswith(b"\r"):
+                if first.endswith(b"\r") if first else self._skip_cr:
                     size -= 1
                 out.append(LineTooLong(size, limit))
                 parts = parts[1:]
@@ -105,12 +107,15 @@ class LineDecoder:
                 else:
                     out.append(_decode(raw))
         if self._skipped >= 0:
-            self._skipped += len(tail)
+            if tail:
+                self._skipped += len(tail)
+                self._skip_cr = tail.endswith(b"\r")
         elif tail:
             buf = self._buf + tail if self._buf else tail
             # One byte of slack for a CR that may precede the coming LF.
             if len(buf) > limit + 1:
                 self._skipped = len(buf)
+                self._skip_cr = buf.endswith(b"\r")
                 self._buf = b""
             else:
                 self._buf = buf

@@ -19,16 +19,14 @@ from asyncchat.tcp import TcpServer, serve_tcp
 LOOPS = ["asyncio", "uvloop"]
 
 
-@pytest.fixture(scope="session", params=LOOPS)
-def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
-    """Run each async test once per event loop implementation."""
-    if request.param == "uvloop":
-        if uvloop is None:
-            if os.environ.get("CI"):
-                pytest.fail("uvloop is required in CI")
-            pytest.skip("uvloop is not installed")
-        return uvloop.EventLoopPolicy()
-    return asyncio.DefaultEventLoopPolicy()
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
+    """Run each async test once per event loop implementation (ids: [asyncio], [uvloop])."""
+    factories: dict[str, object] = {"asyncio": asyncio.new_event_loop}
+    if uvloop is not None:
+        factories["uvloop"] = uvloop.new_event_loop
+    elif os.environ.get("CI"):
+        raise pytest.UsageError("uvloop is required in CI: pip install -e '.[test]'")
+    return factories
 
 
 @pytest.fixture

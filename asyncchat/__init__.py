@@ -50,15 +50,18 @@ from .limits import Limits, SlowConsumerPolicy
 from .session import Session, SessionState
 
 if TYPE_CHECKING:
+    from .client import ChatClient, ConnectionClosed, LoginFailed, connect_tcp, connect_unix, reconnecting
     from .runtime import watch
     from .tcp import TcpServer, serve_tcp
 
 __all__ = [
     "Action",
+    "ChatClient",
     "ChatError",
     "ChatEvent",
     "Closing",
     "CommandError",
+    "ConnectionClosed",
     "DependencyMissing",
     "Error",
     "Hub",
@@ -69,6 +72,7 @@ __all__ = [
     "Left",
     "Limits",
     "LineTooLong",
+    "LoginFailed",
     "Member",
     "Message",
     "NameTaken",
@@ -85,11 +89,20 @@ __all__ = [
     "TcpServer",
     "UsageError",
     "__version__",
+    "connect_tcp",
+    "connect_unix",
+    "reconnecting",
     "serve_tcp",
     "watch",
 ]
 
 _LAZY = {
+    "ChatClient": "client",
+    "ConnectionClosed": "client",
+    "LoginFailed": "client",
+    "connect_tcp": "client",
+    "connect_unix": "client",
+    "reconnecting": "client",
     "TcpServer": "tcp",
     "serve_tcp": "tcp",
     "watch": "runtime",

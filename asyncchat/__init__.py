@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from .client import ChatClient, ConnectionClosed, LoginFailed, connect_tcp, connect_unix, reconnecting
     from .runtime import watch
     from .tcp import TcpServer, serve_tcp
+    from .udp import UdpServer, serve_udp
 
 __all__ = [
     "Action",
@@ -87,12 +88,14 @@ __all__ = [
     "Sink",
     "SlowConsumerPolicy",
     "TcpServer",
+    "UdpServer",
     "UsageError",
     "__version__",
     "connect_tcp",
     "connect_unix",
     "reconnecting",
     "serve_tcp",
+    "serve_udp",
     "watch",
 ]
 
@@ -105,6 +108,8 @@ _LAZY = {
     "reconnecting": "client",
     "TcpServer": "tcp",
     "serve_tcp": "tcp",
+    "UdpServer": "udp",
+    "serve_udp": "udp",
     "watch": "runtime",
 }
 

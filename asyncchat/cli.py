@@ -62,7 +62,8 @@ def build_parser(prog: str, *, tcp: bool, udp: bool) -> argparse.ArgumentParser:
     what = " and ".join(name for name, on in (("TCP", tcp), ("UDP", udp)) if on)
     parser = argparse.ArgumentParser(
         prog=prog,
-        description=f"Serve an asyncchat chat room over {what}. Connect with e.g. 'nc 127.0.0.1 8080'.",
+        description=f"Serve an asyncchat chat room over {what}. Connect with e.g. "
+        + ("'nc 127.0.0.1 8080'." if tcp else "'nc -u 127.0.0.1 8000'."),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"asyncchat {__version__}")
@@ -70,7 +71,14 @@ def build_parser(prog: str, *, tcp: bool, udp: bool) -> argparse.ArgumentParser:
     if tcp:
         parser.add_argument("--port", type=int, default=8080, help="TCP port (0 picks a free one; the log says which)")
     if udp:
-        parser.add_argument("--udp-port", type=int, default=8000, help="UDP port (0 picks a free one)")
+        # Served alone, UDP takes --port (and still accepts --udp-port).
+        flags = ["--udp-port"] if tcp else ["--port", "--udp-port"]
+        parser.add_argument(*flags, dest="udp_port", type=int, default=8000, help="UDP port (0 picks a free one)")
+        parser.add_argument(
+            "--udp-strict",
+            action="store_true",
+            help="a UDP address must echo its verification token before its nickname is accepted",
+        )
     parser.add_argument(
         "--log-level",
         default="info",
@@ -144,7 +152,7 @@ async def _serve(args: argparse.Namespace, hub: Hub, *, tcp: bool, udp: bool) ->
         if udp:
             from .udp import serve_udp
 
-            await stack.enter_async_context(serve_udp(hub, host=args.host, port=args.udp_port))
+            await stack.enter_async_context(serve_udp(hub, host=args.host, port=args.udp_port, strict=args.udp_strict))
         if args.stats_interval > 0:
             from .runtime import attach
 

@@ -34,7 +34,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .errors import NameTaken, ProtocolError, Refused, UsageError
 from .events import (
@@ -51,6 +51,9 @@ from .events import (
 )
 from .limits import Limits, SlowConsumerPolicy
 from .protocol import DEFAULT_ROOM, check_nick, check_room, encode, fold, parse
+
+if TYPE_CHECKING:
+    from .bus import Bus, Cluster
 
 __all__ = ["Hub", "HubStatistics", "Member", "RoomInfo", "Sink"]
 
@@ -213,9 +216,17 @@ class Hub:
     :class:`~asyncchat.errors.UsageError`.
     """
 
-    def __init__(self, *, limits: Limits | None = None, name: str = "asyncchat") -> None:
+    def __init__(self, *, limits: Limits | None = None, name: str = "asyncchat", bus: Bus | None = None) -> None:
         self.limits = limits if limits is not None else Limits()
         self.name = name
+        # Multi-node (asyncchat.bus): with a bus, room events are also published
+        # and other nodes' events arrive through deliver().  None: single node.
+        self._cluster: Cluster | None = None
+        self._relaying = False
+        if bus is not None:
+            from .bus import Cluster
+
+            self._cluster = Cluster(self, bus)
         self._ids = itertools.count(1)
         self._members: dict[Member, None] = {}
         self._nicks: dict[str, Member] = {}
@@ -296,19 +307,31 @@ class Hub:
         logger.debug("connect %r", member)
         return member
 
-    def login(self, member: Member, nick: str) -> None:
+    def login(self, member: Member, nick: str, *, on_login: Callable[[bool], None] | None = None) -> None:
         """Name *member* and put it in the default room (history, then join line).
 
         Raises :class:`~asyncchat.errors.InvalidName` or
         :class:`~asyncchat.errors.NameTaken`; the member stays unnamed then.
+        With a bus the nickname is first claimed across nodes, which may
+        answer later: *on_login* is called with ``True`` once the member is
+        logged in (before this returns when no round trip is needed), or
+        with ``False`` when another node holds the name (the member then got
+        ``! nickname 'x' is taken``).
         """
         if member.closed:
             raise UsageError(f"{member!r} is closed")
         if member.nick:
             raise UsageError(f"{member!r} is already logged in")
+        # Multi-node: claim the name cluster-wide first; login() is called again once granted.
+        if self._cluster is not None and not self._cluster_claim(
+            member, nick, lambda: self.login(member, nick, on_login=on_login), on_login
+        ):
+            return
         self._claim(member, nick)
         self.send(member, Notice(f"you are {nick}; /help lists the commands"))
         self.join(member, DEFAULT_ROOM)
+        if on_login is not None:
+            on_login(True)
 
     def add_bot(self, nick: str, on_event: Observer | None = None, *, room: str = DEFAULT_ROOM) -> Member:
         """Log in an in-process member called *nick*; *on_event* gets what it receives.
@@ -331,9 +354,18 @@ class Hub:
         old, old_key = member.nick, member.key
         if new == old:
             return
+        # Multi-node: a new name (not just new case) is claimed cluster-wide first.
+        if (
+            self._cluster is not None
+            and fold(new) != old_key
+            and not self._cluster_claim(member, new, lambda: self.rename(member, new), None)
+        ):
+            return
         self._claim(member, new)
         if old_key != member.key:
             self._nicks.pop(old_key, None)
+            if self._cluster is not None:
+                self._cluster.release(old_key)
         for room in member.rooms:
             self._room_event(room, NickChanged(old, new, room.name))
         if not member.rooms:
@@ -349,6 +381,48 @@ class Hub:
         member.nick = nick
         member.key = key
         self._nicks[key] = member
+
+    def _cluster_claim(
+        self, member: Member, nick: str, proceed: Callable[[], None], on_login: Callable[[bool], None] | None
+    ) -> bool:
+        """Multi-node: whether *nick* is already this node's; if not, claim it and return ``False``.
+
+        Raises at once if the name is invalid or visibly taken (here or in the
+        replica of other nodes).  When the bus answers, *proceed* is called
+        (granted) or the member gets ``! nickname 'x' is taken``.
+        """
+        assert self._cluster is not None
+        cluster = self._cluster
+        check_nick(nick)
+        key = fold(nick)
+        owner = self._nicks.get(key)
+        if owner is not None and owner is not member:
+            raise NameTaken(f"nickname {nick!r} is taken")
+        if owner is member or cluster.holds(key):
+            return True
+        if cluster.locate(nick) is not None:
+            raise NameTaken(f"nickname {nick!r} is taken")
+
+        def answered(granted: bool) -> None:
+            if member.closed:
+                if granted and key not in self._nicks:
+                    cluster.release(key)
+                return
+            if granted:
+                try:
+                    proceed()
+                    return
+                except ProtocolError as exc:
+                    self.send(member, Error(str(exc)))
+                if key not in self._nicks:
+                    cluster.release(key)
+            else:
+                self.send(member, Error(f"nickname {nick!r} is taken"))
+            if on_login is not None:
+                on_login(False)
+
+        cluster.claim(key, answered)
+        return False
 
     def join(self, member: Member, room_name: str) -> None:
         """Add *member* to a room (created if needed); it gets history, then the join line.
@@ -446,6 +520,8 @@ class Hub:
         self._members.pop(member, None)
         if member.key and self._nicks.get(member.key) is member:
             del self._nicks[member.key]
+            if self._cluster is not None:  # multi-node: free the name cluster-wide
+                self._cluster.release(member.key)
         ip = member.ip
         if ip:
             left = self._per_ip.get(ip, 1) - 1
@@ -476,7 +552,16 @@ class Hub:
         """Send *text* from *member* to the member called *nick* (any room)."""
         target = self._nicks.get(fold(nick))
         if target is None:
-            raise ProtocolError(f"no member named {nick[:40]!r}")
+            # Multi-node: a member of another node gets it through the bus.
+            remote = self._cluster.locate(nick) if self._cluster is not None else None
+            if remote is None:
+                raise ProtocolError(f"no member named {nick[:40]!r}")
+            node, shown = remote
+            assert self._cluster is not None
+            self._cluster.send_private(node, Private(member.nick, shown, text))
+            self.send(member, Private("", shown, text))
+            self._notify(Private(member.nick, shown, text))
+            return
         self.send(target, Private(member.nick, "", text))
         self.send(member, Private("", target.nick, text))
         self._notify(Private(member.nick, target.nick, text))
@@ -519,6 +604,33 @@ class Hub:
             self._errors_sent += 1
         self._enqueue(member, member.encoder(event), 1)
 
+    def deliver(self, room_name: str | None, event: ChatEvent) -> None:
+        """Show an event that happened on another node (the bus calls this from the loop).
+
+        A room event reaches this node's members of the room through the
+        same batched broadcast as local ones (chat lines also go into the
+        room's history) and is not published again; a room with no member
+        here ignores it.  A :class:`~asyncchat.events.Private` (with
+        ``room_name=None``) goes to its local recipient, if still here.
+        """
+        if isinstance(event, Private):
+            target = self._nicks.get(fold(event.recipient))
+            if target is not None:
+                self.send(target, Private(event.sender, "", event.text))
+                self._notify(event)
+            return
+        room = self._rooms.get(fold(room_name)) if room_name is not None else None
+        if room is None:
+            return
+        if isinstance(event, Message | Action):
+            room.history.append(event)
+        self._relaying = True
+        try:
+            self._room_event(room, event)
+        finally:
+            self._relaying = False
+        self._notify(event)
+
     def _speaking_room(self, member: Member, room_name: str | None) -> Room:
         if not member.rooms:
             raise ProtocolError("you are not in a room; /join one")
@@ -532,13 +644,22 @@ class Hub:
     # ------------------------------------------------------------------ queries
 
     def rooms(self) -> list[RoomInfo]:
-        """Every room with its member count, sorted by name."""
-        return sorted((RoomInfo(r.name, len(r.members)) for r in self._rooms.values()), key=lambda i: fold(i.name))
+        """Every room with its member count, sorted by name (with a bus: on every node)."""
+        local = (RoomInfo(r.name, len(r.members)) for r in self._rooms.values())
+        if self._cluster is not None:
+            local = (RoomInfo(name, count) for name, count in self._cluster.merge_rooms(local))
+        return sorted(local, key=lambda i: fold(i.name))
 
     def who(self, room_name: str) -> list[str]:
-        """Nicknames in a room, in the order they joined; ``[]`` if no such room."""
+        """Nicknames in a room, in the order they joined; ``[]`` if no such room.
+
+        With a bus, members of other nodes follow this node's members.
+        """
         room = self._rooms.get(fold(room_name))
-        return [m.nick for m in room.members] if room is not None else []
+        nicks = [m.nick for m in room.members] if room is not None else []
+        if self._cluster is not None:
+            nicks += self._cluster.who(room_name)
+        return nicks
 
     def members(self) -> list[Member]:
         """Every member, logged in or not, in the order they connected."""
@@ -586,6 +707,9 @@ class Hub:
     # ------------------------------------------------------- output machinery
 
     def _room_event(self, room: Room, event: ChatEvent, exclude: Member | None = None) -> None:
+        # Multi-node: every room event produced here is published (not the ones deliver() relays).
+        if self._cluster is not None and not self._relaying:
+            self._cluster.publish(room.name, event)
         batch = room._batch
         if not batch:
             self._dirty_rooms.append(room)
@@ -730,7 +854,10 @@ class Hub:
         """Expire members that timed out: no nickname in time, or silent too long.
 
         The adapters call this about once a second with the loop's clock.
+        With a bus it also sends heartbeats and expires silent nodes.
         """
+        if self._cluster is not None:
+            self._cluster.tick(now)
         limits = self.limits
         login_deadline = now - limits.login_timeout
         idle_deadline = now - limits.idle_timeout

@@ -53,7 +53,7 @@ class Session:
     may raise :class:`~asyncchat.errors.ProtocolError` to answer with an error.
     """
 
-    __slots__ = ("_extra", "_refused", "_stamp", "_tokens", "hub", "member", "state")
+    __slots__ = ("_extra", "_held", "_naming", "_refused", "_stamp", "_tokens", "hub", "member", "state")
 
     def __init__(
         self,
@@ -70,6 +70,10 @@ class Session:
         self._tokens = float(hub.limits.rate_burst)
         self._stamp = now
         self._refused = 0
+        # Multi-node: while a nickname claim is in flight (NAMING), input lines
+        # are held here (at most Limits.rate_burst) and replayed when it is answered.
+        self._naming = False
+        self._held: list[str] = []
         hub.send(member, greeting())
 
     def __repr__(self) -> str:
@@ -117,11 +121,20 @@ class Session:
 
     def _line(self, line: str) -> None:
         if self.state is SessionState.NAMING:
+            if self._naming:  # a cluster-wide nickname claim is in flight
+                if len(self._held) >= self.hub.limits.rate_burst:
+                    raise ProtocolError("still checking your nickname; line dropped")
+                self._held.append(line)
+                return
             nick = line.strip()
             if not nick:
                 return
-            self.hub.login(self.member, nick)
-            self.state = SessionState.CHATTING
+            self._naming = True
+            try:
+                self.hub.login(self.member, nick, on_login=self._named)
+            except BaseException:
+                self._naming = False
+                raise
             return
         if not line or line.isspace():
             return
@@ -143,6 +156,24 @@ class Session:
     def connection_lost(self) -> None:
         """The transport is gone; the member's rooms see it leave."""
         self.close("closed")
+
+    def _named(self, ok: bool) -> None:
+        """The hub's answer to a login: chat if *ok*, then replay lines held meanwhile."""
+        self._naming = False
+        if self.state is SessionState.CLOSED or self.member.closed:
+            self._held.clear()
+            return
+        if ok:
+            self.state = SessionState.CHATTING
+        held, self._held = self._held, []
+        for index, line in enumerate(held):
+            if self._naming or self.state is SessionState.CLOSED:
+                self._held[:0] = held[index:]
+                return
+            try:
+                self._line(line)
+            except ProtocolError as exc:
+                self.hub.send(self.member, Error(str(exc)))
 
     # ------------------------------------------------------------- commands
 

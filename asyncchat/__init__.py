@@ -50,7 +50,15 @@ from .limits import Limits, SlowConsumerPolicy
 from .session import Session, SessionState
 
 if TYPE_CHECKING:
-    from .client import ChatClient, ConnectionClosed, LoginFailed, connect_tcp, connect_unix, reconnecting
+    from .client import (
+        ChatClient,
+        ConnectionClosed,
+        LoginFailed,
+        connect_tcp,
+        connect_udp,
+        connect_unix,
+        reconnecting,
+    )
     from .runtime import watch
     from .tcp import TcpServer, serve_tcp
     from .udp import UdpServer, serve_udp
@@ -92,6 +100,7 @@ __all__ = [
     "UsageError",
     "__version__",
     "connect_tcp",
+    "connect_udp",
     "connect_unix",
     "reconnecting",
     "serve_tcp",
@@ -104,6 +113,7 @@ _LAZY = {
     "ConnectionClosed": "client",
     "LoginFailed": "client",
     "connect_tcp": "client",
+    "connect_udp": "client",
     "connect_unix": "client",
     "reconnecting": "client",
     "TcpServer": "tcp",

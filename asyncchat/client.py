@@ -58,6 +58,7 @@ __all__ = [
     "ConnectionClosed",
     "LoginFailed",
     "connect_tcp",
+    "connect_udp",
     "connect_unix",
     "main",
     "reconnecting",
@@ -159,6 +160,7 @@ class ChatClient:
     async def _login(self, within: float) -> None:
         try:
             async with asyncio.timeout(within):
+                await self._before_login()
                 await self._send(f"{self.nick}\n".encode())
                 key = fold(self.nick)
                 while True:
@@ -183,6 +185,9 @@ class ChatClient:
         logger.info("logged in to %s as %r", self.peer, self.nick)
         if self.keepalive is not None:
             self._keepalive_task = asyncio.get_running_loop().create_task(self._keep_alive(self.keepalive))
+
+    async def _before_login(self) -> None:
+        """What a transport must do before sending the nickname (UDP: verify the address)."""
 
     async def _abandon(self) -> None:
         self._closed = self._ended = True
@@ -538,6 +543,41 @@ async def reconnecting(
             yield client
         finally:
             await client.aclose()
+
+
+def connect_udp(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    nick: str,
+    keepalive: float | None = 30.0,
+    login_timeout: float = LOGIN_TIMEOUT,
+    max_line_bytes: int = MAX_LINE_BYTES,
+) -> _Connecting:
+    """Talk to a UDP room and log in as *nick* (see :func:`connect_tcp`).
+
+    The client verifies its address first (the server's anti-amplification
+    rule): it sends a blank line padded to 64 bytes, which buys the greeting
+    and the token notice, answers ``/verify TOKEN``, and only then sends the
+    nickname, so the login reply and the room's history arrive in full.
+    *keepalive* (seconds, default 30, below the server's 120-second
+    ``Limits.udp_idle_timeout``) keeps the member from expiring and detects a
+    server that went away (the client then ends with a
+    :class:`~asyncchat.events.Closing` event).  Lines the server split across
+    datagrams (``+ `` continuations) are joined again.
+    """
+    from ._udp_client import open_udp
+
+    return _Connecting(
+        lambda: open_udp(
+            host,
+            port,
+            nick=nick,
+            keepalive=keepalive,
+            login_timeout=login_timeout,
+            max_line_bytes=max_line_bytes,
+        )
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

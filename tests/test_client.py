@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import ssl
@@ -29,9 +30,18 @@ from asyncchat import (
     Refused,
     UsageError,
 )
-from asyncchat.client import ChatClient, ConnectionClosed, LoginFailed, connect_tcp, connect_unix, reconnecting
+from asyncchat.client import (
+    ChatClient,
+    ConnectionClosed,
+    LoginFailed,
+    connect_tcp,
+    connect_udp,
+    connect_unix,
+    reconnecting,
+)
 from asyncchat.events import ChatEvent
 from asyncchat.tcp import TcpServer, serve_tcp
+from asyncchat.udp import UdpServer, serve_udp
 
 from .chatclient import LineClient
 
@@ -353,6 +363,113 @@ async def test_reconnecting_gives_up() -> None:
         await run()
 
 
+# --------------------------------------------------------------------- UDP
+
+
+@pytest.fixture
+async def udp_server(hub: Hub) -> AsyncIterator[UdpServer]:
+    async with serve_udp(hub, host="127.0.0.1", port=0) as server:
+        yield server
+
+
+@pytest.mark.parametrize("strict", [False, True])
+async def test_udp_login_verifies_and_chats_with_tcp(hub: Hub, tcp_server: TcpServer, strict: bool) -> None:
+    async with serve_udp(hub, port=0, strict=strict) as udp_server:
+        async with (
+            connect_udp(*udp_server.address, nick="alice") as alice,
+            connect_tcp(*tcp_server.address, nick="bob") as bob,
+        ):
+            assert repr(alice).startswith("<ChatClient udp 127.0.0.1:")
+            assert alice.room == "lobby"
+            peer = udp_server.peer(alice._transport.get_extra_info("sockname"))  # type: ignore[attr-defined]
+            assert peer is not None
+            assert peer.verified
+            await until(alice, Joined("bob", "lobby"))
+            await bob.say("hi alice")
+            await until(alice, Message("bob", "hi alice"))
+            await alice.say("hi bob")
+            await until(bob, Message("alice", "hi bob"))
+        assert udp_server.statistics().dropped_unverified == 0
+
+
+async def test_udp_long_lines_and_history_arrive_whole(hub: Hub, udp_server: UdpServer) -> None:
+    long = "é" * 1500 + "x" * 1000  # 4000 bytes: split into four datagrams by the server
+    for n in range(3):
+        hub.post("lobby", f"{n} {long}", nick="historian")
+    async with (
+        connect_udp(*udp_server.address, nick="alice") as alice,
+        await connect_udp(*udp_server.address, nick="bob") as bob,
+    ):
+        history = await until(alice, Joined("alice", "lobby"))
+        assert [e for e in history if isinstance(e, Message)] == [Message("historian", f"{n} {long}") for n in range(3)]
+        await until(alice, Joined("bob", "lobby"))
+        await bob.say(long)
+        await bob.say("short")
+        assert await alice.receive() == Message("bob", long)
+        assert await alice.receive() == Message("bob", "short")
+
+
+async def test_udp_name_taken(udp_server: UdpServer) -> None:
+    async with connect_udp(*udp_server.address, nick="alice"):
+        with pytest.raises(NameTaken):
+            await connect_udp(*udp_server.address, nick="Alice")
+
+
+async def test_udp_server_shutdown_gives_final_closing(hub: Hub) -> None:
+    server = serve_udp(hub, port=0)
+    await server.start()
+    try:
+        chat = await connect_udp(*server.address, nick="alice")
+        await until(chat, Joined("alice", "lobby"))
+    finally:
+        await server.aclose()
+    assert await drain(chat) == [Closing("server is shutting down")]
+    with pytest.raises(ConnectionClosed):
+        await chat.say("anyone?")
+    await chat.aclose()
+
+
+async def test_udp_keepalive_keeps_member_while_silent_one_expires() -> None:
+    hub = Hub(limits=Limits(udp_idle_timeout=1.0))
+    async with contextlib.AsyncExitStack() as stack:
+        server = await stack.enter_async_context(serve_udp(hub, port=0))
+        alice = await stack.enter_async_context(connect_udp(*server.address, nick="alice", keepalive=0.1))
+        bob = await stack.enter_async_context(connect_udp(*server.address, nick="bob", keepalive=None))
+        events = await drain(bob)  # bob never speaks: the server expires him
+        assert events[-1] == Closing("idle for too long")
+        assert not alice.closed
+        assert hub.find("alice") is not None
+        await alice.send_line("/who")
+        await until(alice, Notice("members of lobby (1): alice"))
+
+
+async def test_udp_server_gone_is_detected_by_keepalive() -> None:
+    """A server that vanishes without a closing line: the next ping ends the client."""
+    loop = asyncio.get_running_loop()
+
+    class FakeRoom(asyncio.DatagramProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport: asyncio.DatagramTransport = transport  # type: ignore[assignment]
+
+        def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+            line = data.decode().strip()
+            if not line:
+                reply = "*** to receive all messages, send /verify abc\n"
+            elif line == "/verify abc":
+                reply = "*** address verified: you receive all messages\n"
+            else:
+                reply = f"* {line} joined lobby\n"
+            self.transport.sendto(reply.encode(), addr)
+
+    transport, _ = await loop.create_datagram_endpoint(FakeRoom, local_addr=("127.0.0.1", 0))
+    address = transport.get_extra_info("sockname")
+    chat = await connect_udp(*address, nick="alice", keepalive=0.05)
+    transport.close()  # gone, without a word
+    events = await drain(chat)
+    assert events[-1] == Closing("connection lost: [Errno 111] Connection refused")
+    await chat.aclose()
+
+
 # --------------------------------------------------------- terminal client
 
 
@@ -414,6 +531,23 @@ async def test_terminal_main_login_failure(tcp_server: TcpServer, capsys: pytest
             status = await asyncio.to_thread(main, argv, stdin=io.StringIO("hi\n"), stdout=io.StringIO())
     assert status == 1
     assert "login failed: nickname 'carol' is taken" in capsys.readouterr().err
+
+
+async def test_terminal_main_piped_udp(hub: Hub, udp_server: UdpServer, tcp_server: TcpServer) -> None:
+    from asyncchat._terminal import main
+
+    host, port = udp_server.address
+    stdout = io.StringIO()
+    async with await LineClient.connect(tcp_server.address, "bob") as bob:
+        argv = ["--udp", "--host", host, "--port", str(port), "--name", "carol", "--loop", "asyncio"]
+        thread = asyncio.create_task(asyncio.to_thread(main, argv, stdin=io.StringIO("over udp\n"), stdout=stdout))
+        await bob.expect("carol: over udp")
+        assert await bob.line() == "* carol left lobby (quit)"
+        async with asyncio.timeout(TIMEOUT):
+            assert await thread == 0
+    lines = stdout.getvalue().splitlines()
+    assert "*** address verified: you receive all messages" in lines
+    assert lines[-1] == "*** closing: goodbye"
 
 
 async def test_piped_client_subprocess(tcp_server: TcpServer) -> None:

@@ -1,0 +1,167 @@
+"""Pure pieces of the load tool: message format, latency histogram, /proc readers.
+
+Nothing here touches the network or the event loop, so it is unit-tested
+directly (``tests/test_bench.py``).
+
+Message format: a benchmark chat line's text is ASCII ``"S Q T "`` in
+lowercase hex — sender index, sequence number (from 1), and the send time
+(or the *scheduled* send time in rate mode) in nanoseconds of
+``time.monotonic_ns()`` — padded with ``.`` to the requested size.  Every
+process of the load tool runs on one machine, and ``CLOCK_MONOTONIC`` is
+shared by all its processes, so a receiver in another worker can subtract.
+The text holds no ``*`` or ``!``, so any such byte in received data marks
+a line that is not a benchmark chat line (a join, an error, a notice).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+__all__ = [
+    "MIN_SIZE",
+    "Histogram",
+    "encode_message",
+    "parse_chat_line",
+    "read_cpu_seconds",
+    "read_rss_bytes",
+]
+
+#: Smallest message text accepted: room for the three hex fields.
+MIN_SIZE = 40
+
+_PAD = b"." * 65536
+
+
+def encode_message(sender: int, seq: int, stamp_ns: int, size: int) -> bytes:
+    """One message line (with ``\\n``) whose text is exactly *size* bytes.
+
+    Raises :class:`ValueError` if *size* is below :data:`MIN_SIZE` or the
+    fields do not fit.
+    """
+    if size < MIN_SIZE:
+        raise ValueError(f"message size {size} is below the minimum of {MIN_SIZE} bytes")
+    head = b"%x %x %x " % (sender, seq, stamp_ns)
+    pad = size - len(head)
+    if pad < 0:
+        raise ValueError(f"message fields need {len(head)} bytes, more than the size {size}")
+    return head + _PAD[:pad] + b"\n" if pad <= len(_PAD) else head + b"." * pad + b"\n"
+
+
+def parse_chat_line(line: bytes) -> tuple[int, int, int] | None:
+    """``(sender, seq, stamp_ns)`` of a received ``nick: text`` benchmark line, else ``None``."""
+    colon = line.find(b": ")
+    if colon < 0:
+        return None
+    fields = line[colon + 2 :].split(b" ", 3)
+    if len(fields) < 4:
+        return None
+    try:
+        return int(fields[0], 16), int(fields[1], 16), int(fields[2], 16)
+    except ValueError:
+        return None
+
+
+# Histogram: values (microseconds) below 128 have their own bucket; above,
+# each power of two is split into 64 buckets, so a bucket is at most 1/64
+# (1.6 %) of its value wide.  Buckets are kept sparse in a dict.
+_SUB_BITS = 6
+_SUB = 1 << _SUB_BITS
+_EXACT = 2 * _SUB
+
+
+def _bucket(value: int) -> int:
+    if value < _EXACT:
+        return value if value > 0 else 0
+    shift = value.bit_length() - _SUB_BITS - 1
+    return _EXACT + (shift - 1) * _SUB + ((value >> shift) - _SUB)
+
+
+def _bucket_bounds(index: int) -> tuple[int, int]:
+    """Lowest and highest value of bucket *index*."""
+    if index < _EXACT:
+        return index, index
+    shift = (index - _EXACT) // _SUB + 1
+    low = ((index - _EXACT) % _SUB + _SUB) << shift
+    return low, low + (1 << shift) - 1
+
+
+@dataclass(slots=True)
+class Histogram:
+    """A mergeable latency histogram of non-negative integers (microseconds).
+
+    Percentiles use the nearest-rank rule and are exact below 128; above,
+    they are the middle of a bucket at most 1.6 % wide (never above ``max``);
+    the 100th percentile is ``max`` exactly.
+    """
+
+    counts: dict[int, int]
+    total: int = 0
+    max: int = 0
+
+    @classmethod
+    def empty(cls) -> Histogram:
+        """A histogram with no samples."""
+        return cls({})
+
+    def record(self, value: int) -> None:
+        """Add one sample (negative values count as 0)."""
+        index = _bucket(value)
+        counts = self.counts
+        counts[index] = counts.get(index, 0) + 1
+        self.total += 1
+        if value > self.max:
+            self.max = value
+
+    def merge(self, other: Histogram) -> None:
+        """Add every sample of *other*."""
+        counts = self.counts
+        for index, count in other.counts.items():
+            counts[index] = counts.get(index, 0) + count
+        self.total += other.total
+        self.max = max(self.max, other.max)
+
+    def percentile(self, p: float) -> int:
+        """The *p*-th percentile (0 < p <= 100); 0 for an empty histogram."""
+        if not 0 < p <= 100:
+            raise ValueError(f"percentile must be in (0, 100], not {p}")
+        if not self.total:
+            return 0
+        rank = max(1, math.ceil(p / 100 * self.total))
+        if rank >= self.total:
+            return self.max
+        seen = 0
+        for index in sorted(self.counts):
+            seen += self.counts[index]
+            if seen >= rank:
+                low, high = _bucket_bounds(index)
+                return min((low + high) // 2, self.max)
+        return self.max  # pragma: no cover - rank <= total
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def read_rss_bytes(pid: int) -> int:
+    """Resident set size of process *pid* (``VmRSS`` in ``/proc/PID/status``), in bytes.
+
+    Raises :class:`OSError` if the process does not exist or has no ``VmRSS``.
+    """
+    with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"no VmRSS in /proc/{pid}/status")
+
+
+def read_cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process *pid* so far (``/proc/PID/stat``), in seconds.
+
+    Raises :class:`OSError` if the process does not exist.
+    """
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+        text = stat.read()
+    # The command name (field 2) may contain spaces; fields resume after ')'.
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS

@@ -1,0 +1,479 @@
+"""``python -m asyncchat.bench``: the load generator for any asyncchat deployment.
+
+It speaks line protocol v1 over the network only, so it measures whatever
+server answers at ``--host``/``--port``.  Start the server under test with
+limits high enough not to throttle the benchmark, for example::
+
+    python -m asyncchat.tcp --port 7000 --max-per-ip 100000 --max-members 100000 \\
+        --rate 1000000 --rate-burst 1000000 --outbox-high-water 8388608 --log-level warning
+
+Members: ``--members`` in total, spread round-robin over ``--rooms`` (room 0
+is ``lobby``, the others ``bench-TOKEN-N``); the first ``--senders`` of them
+also send.  A sender's own lines are not echoed back, so every message is
+expected by every *other* member of its room: expected deliveries are
+``messages x (room members - 1)``.
+
+Modes:
+
+* ``saturation`` — each sender keeps at most ``--window`` messages in
+  flight: it sends message *i* only after a *window probe* (a receiver of
+  the same room in the same worker process) has seen message *i - window*.
+  So the server's queues cannot absorb the load and hide it: throughput is
+  what the server delivers end to end.
+* ``rate`` — ``--rate`` messages per second in total, spread evenly over the
+  senders and staggered; latency is measured from each message's
+  *scheduled* send time, so a server (or generator) that falls behind shows
+  up as latency, not as a lower rate.
+* ``idle`` — log ``--members`` in, hold them for ``--duration`` seconds, and
+  report the login time and, with ``--server-pid``, the server's memory per
+  member (``VmRSS`` after all logged in minus before the first connect).
+
+Measuring: all members log in (each sees its own join line), then each sends
+``/ping`` and waits for its pong, so no join line is in flight when counting
+starts.  Senders start together; the first ``--warmup`` seconds are not
+measured, then ``--duration`` seconds are.  After the senders stop, the tool
+waits (up to ``--drain-timeout``) for every expected line; what is missing is
+loss.  Receivers count lines with ``bytearray.count``; a few *probes* per
+room parse the timestamps (latency percentiles cover the messages sent in
+the measured window).  The tool reports its own CPU use; above 90 % of a core
+the generator, not the server, may be the limit — add ``--workers``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing
+import os
+import secrets
+import sys
+import time
+from collections.abc import Sequence
+from multiprocessing.connection import Connection, wait
+from typing import Any, TextIO
+
+from ._bench_stats import MIN_SIZE, Histogram, read_cpu_seconds, read_rss_bytes
+from ._bench_worker import PROBE, WINDOW_PROBE, MemberSpec, WorkerPlan, worker_main
+
+__all__ = ["build_parser", "main", "make_plans"]
+
+#: Generator CPU (fraction of one core) above which the result is flagged.
+SATURATED_CPU = 0.9
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m asyncchat.bench``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m asyncchat.bench",
+        description=(
+            "Load-test an asyncchat server (or any server speaking line protocol v1). "
+            "Start the server with high limits, e.g.: python -m asyncchat.tcp --port 7000 "
+            "--max-per-ip 100000 --max-members 100000 --rate 1000000 --rate-burst 1000000 "
+            "--outbox-high-water 8388608 --log-level warning"
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="server address")
+    parser.add_argument("--port", type=int, default=8080, help="server TCP port")
+    parser.add_argument("--transport", choices=["tcp"], default="tcp", help="how members connect")
+    parser.add_argument("--mode", choices=["saturation", "rate", "idle"], default="saturation")
+    parser.add_argument("--members", type=int, default=100, help="members in total (senders included)")
+    parser.add_argument("--senders", type=int, default=1, help="members that also send")
+    parser.add_argument("--rooms", type=int, default=1, help="rooms the members are spread over")
+    parser.add_argument("--rate", type=float, default=1000.0, help="rate mode: messages per second in total")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds measured (idle: seconds held)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load before measuring")
+    parser.add_argument("--window", type=int, default=32, help="saturation: messages in flight per sender")
+    parser.add_argument("--size", type=int, default=64, help=f"bytes of text per message (at least {MIN_SIZE})")
+    parser.add_argument("--workers", type=int, default=1, help="load-generator processes")
+    parser.add_argument("--probes", type=int, default=3, help="latency probes per room and worker")
+    parser.add_argument("--server-pid", type=int, default=None, help="report this process's CPU and memory")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    parser.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto", help="the tool's event loop")
+    parser.add_argument("--cpu", type=int, default=None, metavar="N", help="pin the tool's processes to CPU N")
+    parser.add_argument("--connect-timeout", type=float, default=10.0, help="seconds per connection attempt")
+    parser.add_argument(
+        "--setup-timeout", type=float, default=60.0, help="seconds for all members to log in (and to sync)"
+    )
+    parser.add_argument("--drain-timeout", type=float, default=5.0, help="seconds to wait for late lines")
+    return parser
+
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.members < 1 or args.rooms < 1 or args.workers < 1:
+        parser.error("--members, --rooms and --workers must be at least 1")
+    if args.mode != "idle" and not 1 <= args.senders < args.members:
+        parser.error("--senders must be at least 1 and below --members (someone has to receive)")
+    if args.rooms > args.members:
+        parser.error(f"--rooms {args.rooms} is more than --members {args.members}")
+    if args.size < MIN_SIZE:
+        parser.error(f"--size must be at least {MIN_SIZE}")
+    if args.window < 1 or args.probes < 1:
+        parser.error("--window and --probes must be at least 1")
+    if args.mode == "rate" and not args.rate > 0:
+        parser.error("--rate must be positive")
+    if args.duration <= 0 or args.warmup < 0:
+        parser.error("--duration must be positive and --warmup not negative")
+
+
+def make_plans(args: argparse.Namespace, token: str) -> list[WorkerPlan]:
+    """Split the members over the workers: room ``i % rooms``, worker ``i % workers``.
+
+    Member *i* is a sender if ``i < senders``.  In each worker, the
+    non-senders of each room include up to ``--probes`` latency probes, evenly
+    spaced; the last one is the window probe of that room's senders there.
+    Raises :class:`ValueError` if a sender has no receiving member of its room
+    in its own worker (needed for its window).
+    """
+    senders = 0 if args.mode == "idle" else args.senders
+    rooms = tuple("lobby" if r == 0 else f"bench-{token}-{r}" for r in range(args.rooms))
+    per_worker: list[list[int]] = [[] for _ in range(args.workers)]
+    for i in range(args.members):
+        per_worker[i % args.workers].append(i)
+    plans = []
+    for w, indices in enumerate(per_worker):
+        probes: dict[int, int] = {}
+        if args.mode != "idle":
+            by_room: dict[int, list[int]] = {}
+            for i in indices:
+                if i >= senders:
+                    by_room.setdefault(i % args.rooms, []).append(i)
+            for i in indices:
+                if i < senders and not by_room.get(i % args.rooms):
+                    raise ValueError(
+                        f"sender {i} has no receiver of room {i % args.rooms} in worker {w}: "
+                        "use more members, fewer rooms or fewer workers"
+                    )
+            for receivers in by_room.values():
+                count = min(args.probes, len(receivers))
+                for k in range(count):
+                    pick = receivers[len(receivers) - 1 - k * len(receivers) // count]
+                    window_probe = k == 0 and args.mode == "saturation"
+                    probes[pick] = WINDOW_PROBE if window_probe else PROBE
+        members = tuple(MemberSpec(i, f"b{token}m{i}", i % args.rooms, i < senders, probes.get(i, 0)) for i in indices)
+        plans.append(
+            WorkerPlan(
+                worker=w,
+                host=args.host,
+                port=args.port,
+                loop=args.loop,
+                cpu=args.cpu,
+                mode=args.mode,
+                rooms=rooms,
+                members=members,
+                senders_total=senders,
+                window=args.window,
+                size=args.size,
+                rate_per_sender=args.rate / senders if args.mode == "rate" else 0.0,
+                connect_timeout=args.connect_timeout,
+                setup_timeout=args.setup_timeout,
+                drain_timeout=args.drain_timeout,
+                deadline=2 * args.setup_timeout + args.warmup + args.duration + args.drain_timeout + 30,
+                token=token,
+            )
+        )
+    return plans
+
+
+class Coordinator:
+    """Starts the workers, steps them through the run, and gathers the result."""
+
+    def __init__(self, args: argparse.Namespace, plans: list[WorkerPlan], progress: TextIO | None) -> None:
+        self.args = args
+        self.plans = plans
+        self.progress = progress
+        self.conns: list[Connection] = []
+        self.procs: list[multiprocessing.process.BaseProcess] = []
+        self.result: dict[str, Any] = {}
+        self._lines = [0] * len(plans)
+        self._sent = [0] * len(plans)
+        self._shown = (0.0, 0, 0)
+        self._early: dict[int, tuple[Any, ...]] = {}
+
+    def start(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        for plan in self.plans:
+            parent, child = context.Pipe()
+            proc = context.Process(target=worker_main, args=(child, plan), name=f"bench-worker-{plan.worker}")
+            proc.daemon = True
+            proc.start()
+            child.close()
+            self.conns.append(parent)
+            self.procs.append(proc)
+
+    def stop(self) -> None:
+        """Tell every worker to stop, then make sure each process is gone."""
+        for conn in self.conns:
+            with contextlib.suppress(OSError):
+                conn.send(("stop",))
+        deadline = time.monotonic() + 10
+        for proc in self.procs:
+            proc.join(max(0.1, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(2)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(2)
+        for conn in self.conns:
+            conn.close()
+
+    def broadcast(self, *message: Any) -> None:
+        for conn in self.conns:
+            conn.send(message)
+
+    def _receive(self, conn: Any) -> tuple[Any, ...] | None:
+        """Read one message; handle progress and errors; return anything else."""
+        index = self.conns.index(conn)
+        try:
+            message: tuple[Any, ...] = conn.recv()
+        except EOFError:
+            raise RuntimeError(f"worker {index} exited unexpectedly") from None
+        if message[0] == "error":
+            raise RuntimeError(message[1])
+        if message[0] == "progress":
+            self._lines[index], self._sent[index] = message[1], message[2]
+            self._show()
+            return None
+        return message
+
+    def gather(self, kind: str, timeout: float) -> list[Any]:
+        """One *kind* message from every worker (progress messages are shown meanwhile)."""
+        replies: dict[int, Any] = {}
+        for index, message in self._early.items():
+            if message[0] != kind:
+                raise RuntimeError(f"worker {index} sent {message[0]!r} while {kind!r} was expected")
+            replies[index] = message[1]
+        self._early.clear()
+        deadline = time.monotonic() + timeout
+        while len(replies) < len(self.conns):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeError(f"workers did not report {kind!r} within {timeout:g} s")
+            for conn in wait([c for i, c in enumerate(self.conns) if i not in replies], timeout=left):
+                received = self._receive(conn)
+                if received is None:
+                    continue
+                message = received
+                index = self.conns.index(conn)  # type: ignore[arg-type]
+                if message[0] != kind:
+                    raise RuntimeError(f"worker {index} sent {message[0]!r} while {kind!r} was expected")
+                replies[index] = message[1]
+        return [replies[i] for i in range(len(self.conns))]
+
+    def _show(self) -> None:
+        if self.progress is None:
+            return
+        now, lines, sent = time.monotonic(), sum(self._lines), sum(self._sent)
+        then, lines0, sent0 = self._shown
+        if then and now - then >= 0.4:
+            rate, msgs = (lines - lines0) / (now - then), (sent - sent0) / (now - then)
+            self.progress.write(f"\r  {rate:14,.0f} deliveries/s {msgs:12,.0f} messages/s   ")
+            self.progress.flush()
+            self._shown = (now, lines, sent)
+        elif not then:
+            self._shown = (now, lines, sent)
+
+    def sleep_until(self, when_ns: int) -> None:
+        """Sleep until *when_ns* (monotonic), showing progress; keep other messages for :meth:`gather`."""
+        while (left := (when_ns - time.monotonic_ns()) / 1e9) > 0:
+            for conn in wait([c for i, c in enumerate(self.conns) if i not in self._early], timeout=left):
+                message = self._receive(conn)
+                if message is not None:
+                    self._early[self.conns.index(conn)] = message  # type: ignore[arg-type]
+
+    def run(self) -> dict[str, Any]:
+        args = self.args
+        pid = args.server_pid
+        result = self.result
+        self.start()
+        setup = args.setup_timeout + 30
+        self.gather("up", 60)
+        rss_before = read_rss_bytes(pid) if pid else None
+        self.broadcast("login")
+        ready = self.gather("ready", setup)
+        rss_after = read_rss_bytes(pid) if pid else None
+        logged_in = sum(r["ready"] for r in ready)
+        result["logged_in"] = logged_in
+        result["login_seconds"] = round((max(r["last"] for r in ready) - min(r["first"] for r in ready)) / 1e9, 3)
+        errors: dict[str, int] = {}
+        samples: list[str] = []
+        server: dict[str, Any] | None = None
+        if pid:
+            server = {"pid": pid, "rss_before_bytes": rss_before, "rss_after_login_bytes": rss_after}
+            if rss_before is not None and rss_after is not None and logged_in:
+                server["memory_per_member_bytes"] = round((rss_after - rss_before) / logged_in, 1)
+        if args.mode == "idle":
+            _merge_errors(errors, samples, ready)
+            cpu0 = read_cpu_seconds(pid) if pid else 0.0
+            time.sleep(args.duration)
+            if server is not None:
+                server["rss_end_bytes"] = read_rss_bytes(pid)
+                server["cpu_percent"] = round(100 * (read_cpu_seconds(pid) - cpu0) / args.duration, 1)
+            result.update(errors=errors, error_samples=samples, server=server)
+            return result
+        self.broadcast("sync")
+        synced = self.gather("synced", setup)
+        result["counting"] = sum(s["counting"] for s in synced)
+        t0 = time.monotonic_ns() + 100_000_000
+        tw = t0 + int(args.warmup * 1e9)
+        te = tw + int(args.duration * 1e9)
+        self.broadcast("start", t0, tw, te)
+        self.sleep_until(tw)
+        cpu0 = read_cpu_seconds(pid) if pid else 0.0
+        self.sleep_until(te)
+        if server is not None:
+            server["cpu_percent"] = round(100 * (read_cpu_seconds(pid) - cpu0) / args.duration, 1)
+            server["rss_end_bytes"] = read_rss_bytes(pid)
+        if self.progress is not None:
+            self.progress.write("\r" + " " * 60 + "\r")
+        sent = self.gather("sent", 30)
+        per_room = [sum(column) for column in zip(*sent, strict=True)]
+        self.broadcast("expect", per_room)
+        results = self.gather("result", args.drain_timeout + 30)
+        _merge_errors(errors, samples, results)
+        hist = Histogram.empty()
+        for r in results:
+            hist.merge(r["hist"])
+        deliveries = sum(r["deliveries"] for r in results)
+        expected = sum(r["expected"] for r in results)
+        cpu = [round(r["cpu"], 3) for r in results]
+        result.update(
+            messages=sum(r["messages"] for r in results),
+            messages_per_s=round(sum(r["window_messages"] for r in results) / args.duration, 1),
+            deliveries=deliveries,
+            deliveries_per_s=round(sum(r["window_deliveries"] for r in results) / args.duration, 1),
+            expected=expected,
+            loss=max(0, expected - deliveries),
+            extra=max(0, deliveries - expected),
+            latency_ms=_latency(hist),
+            errors=errors,
+            error_samples=samples,
+            other_lines=sum(r["other_lines"] for r in results),
+            generator={"cpu": cpu, "saturated": max(cpu) >= SATURATED_CPU},
+            server=server,
+        )
+        return result
+
+
+_CONFIG_KEYS = (
+    "host",
+    "port",
+    "transport",
+    "mode",
+    "members",
+    "senders",
+    "rooms",
+    "rate",
+    "duration",
+    "warmup",
+    "window",
+    "size",
+    "workers",
+)
+
+
+def _loop_name(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+def _merge_errors(errors: dict[str, int], samples: list[str], reports: list[dict[str, Any]]) -> None:
+    for report in reports:
+        for kind, count in report["errors"].items():  # each report is its worker's running total
+            errors[kind] = errors.get(kind, 0) + count
+        for sample in report["samples"]:
+            if sample not in samples and len(samples) < 10:
+                samples.append(sample)
+
+
+def _latency(hist: Histogram) -> dict[str, float]:
+    points = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99.9": 99.9}
+    latency = {name: hist.percentile(p) / 1000 for name, p in points.items()}
+    latency["max"] = hist.max / 1000
+    latency["samples"] = hist.total
+    return latency
+
+
+def describe(result: dict[str, Any]) -> str:
+    """The plain-text summary of a result."""
+    c = result["config"]
+    lines = [
+        f"asyncchat bench: {c['mode']} mode, {c['transport']}, {c['members']} members"
+        + (f" ({c['senders']} senders)" if c["mode"] != "idle" else "")
+        + f" in {c['rooms']} room(s), {c['workers']} worker(s), {c['loop']} loop, {c['host']}:{c['port']}",
+        f"login:      {result['logged_in']} of {c['members']} members in {result['login_seconds']:.3f} s",
+    ]
+    if c["mode"] != "idle":
+        what = f"window {c['window']}" if c["mode"] == "saturation" else f"rate {c['rate']:g}/s"
+        lat = result["latency_ms"]
+        lines += [
+            f"load:       {c['size']}-byte messages, {what}, warmup {c['warmup']:g} s, measured {c['duration']:g} s",
+            f"throughput: {result['deliveries_per_s']:,.0f} deliveries/s, {result['messages_per_s']:,.1f} messages/s",
+            f"latency ms: p50 {lat['p50']:.3f}  p90 {lat['p90']:.3f}  p99 {lat['p99']:.3f}  "
+            f"p99.9 {lat['p99.9']:.3f}  max {lat['max']:.3f}  ({lat['samples']} samples)",
+            f"loss:       {result['loss']:,} of {result['expected']:,} expected deliveries"
+            + (f" ({result['extra']:,} unexpected extra)" if result["extra"] else ""),
+        ]
+        gen = result["generator"]
+        cpu = ", ".join(f"{100 * x:.0f}%" for x in gen["cpu"])
+        note = "  <- SATURATED: the generator may be the limit; add --workers" if gen["saturated"] else ""
+        lines.append(f"generator:  cpu {cpu} of one core per worker{note}")
+    errors = result["errors"]
+    lines.append("errors:     " + (", ".join(f"{k} {v}" for k, v in sorted(errors.items())) or "none"))
+    lines += [f"            {sample}" for sample in result["error_samples"]]
+    server = result.get("server")
+    if server:
+        text = f"server:     pid {server['pid']}"
+        if "cpu_percent" in server:
+            text += f", cpu {server['cpu_percent']:.0f}% of one core"
+        if server.get("rss_after_login_bytes") is not None:
+            text += f", rss {server['rss_after_login_bytes'] / 2**20:.1f} MiB after login"
+        if "memory_per_member_bytes" in server:
+            text += f", {server['memory_per_member_bytes'] / 1024:.2f} KiB per member"
+        lines.append(text)
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the load tool; return 0, or 1 if the run failed or lost lines."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check(parser, args)
+    token = secrets.token_hex(3)
+    try:
+        plans = make_plans(args, token)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})
+    progress = sys.stderr if sys.stderr.isatty() and args.mode != "idle" else None
+    coordinator = Coordinator(args, plans, progress)
+    try:
+        result = coordinator.run()
+    except (RuntimeError, OSError) as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        coordinator.stop()
+    config = {key: getattr(args, key) for key in _CONFIG_KEYS}
+    config["loop"] = _loop_name(args.loop)
+    result["config"] = config
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        print(describe(result))
+    failed = result["logged_in"] < args.members or result.get("loss", 0) or result["errors"]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,284 @@
+"""The load tool: its pure pieces, and short runs against a loopback server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import sys
+from typing import Any
+
+import pytest
+
+from asyncchat import Hub, Limits
+from asyncchat._bench_stats import (
+    MIN_SIZE,
+    Histogram,
+    encode_message,
+    parse_chat_line,
+    read_cpu_seconds,
+    read_rss_bytes,
+)
+from asyncchat._bench_worker import NOT_PROBE, PROBE, WINDOW_PROBE
+from asyncchat.bench import build_parser, make_plans
+from asyncchat.tcp import serve_tcp
+
+BENCH_LIMITS = Limits(
+    max_per_ip=100_000,
+    max_members=100_000,
+    rate_lines_per_second=1_000_000,
+    rate_burst=1_000_000,
+    outbox_high_water=8 * 1024 * 1024,
+)
+
+# ------------------------------------------------------------ pure pieces
+
+
+def test_message_has_the_requested_size_and_parses_back() -> None:
+    for size in (MIN_SIZE, 64, 1000):
+        line = encode_message(12, 345, 1_234_567_890_123, size)
+        assert line.endswith(b"\n")
+        assert len(line) == size + 1
+        assert b"*" not in line
+        assert b"!" not in line
+        assert parse_chat_line(b"bm1: " + line[:-1]) == (12, 345, 1_234_567_890_123)
+
+
+def test_message_size_below_minimum_is_refused() -> None:
+    with pytest.raises(ValueError, match="below the minimum"):
+        encode_message(1, 1, 1, MIN_SIZE - 1)
+
+
+@pytest.mark.parametrize(
+    "line", [b"* bob joined lobby", b"*** pong x", b"! slow down", b"alice: hello", b"bob: 1 2 zz x", b""]
+)
+def test_other_lines_do_not_parse_as_messages(line: bytes) -> None:
+    assert parse_chat_line(line) is None
+
+
+def test_histogram_is_exact_for_small_values() -> None:
+    hist = Histogram.empty()
+    for value in range(1, 101):
+        hist.record(value)
+    assert hist.total == 100
+    assert hist.percentile(50) == 50
+    assert hist.percentile(90) == 90
+    assert hist.percentile(99) == 99
+    assert hist.percentile(99.9) == 100
+    assert hist.percentile(100) == 100
+    assert hist.max == 100
+
+
+def test_histogram_relative_error_is_bounded_for_large_values() -> None:
+    values = [int(1000 * 1.07**k) for k in range(200)]
+    hist = Histogram.empty()
+    for value in values:
+        hist.record(value)
+    ordered = sorted(values)
+    for p in (10, 50, 90, 99, 99.9):
+        exact = ordered[max(1, math.ceil(len(ordered) * p / 100)) - 1]
+        assert abs(hist.percentile(p) - exact) <= exact / 64 + 1, p
+    assert hist.percentile(100) == max(values)
+
+
+def test_histogram_merge_and_empty() -> None:
+    a, b = Histogram.empty(), Histogram.empty()
+    assert a.percentile(99) == 0
+    for value in range(10):
+        a.record(value)
+        b.record(value + 10)
+    b.record(-5)  # clamped to 0
+    a.merge(b)
+    assert a.total == 21
+    assert a.max == 19
+    assert a.percentile(50) == 9
+    with pytest.raises(ValueError, match="percentile"):
+        a.percentile(0)
+
+
+def test_proc_readers_see_this_process() -> None:
+    assert read_rss_bytes(os.getpid()) > 1024 * 1024
+    assert read_cpu_seconds(os.getpid()) > 0
+
+
+def _args(*argv: str) -> Any:
+    return build_parser().parse_args(list(argv))
+
+
+def test_plans_split_members_rooms_senders_and_probes() -> None:
+    plans = make_plans(_args("--members", "40", "--senders", "4", "--rooms", "2", "--workers", "2"), "t0")
+    assert len(plans) == 2
+    specs = [m for plan in plans for m in plan.members]
+    assert sorted(m.index for m in specs) == list(range(40))
+    assert len({m.nick for m in specs}) == 40
+    assert sum(m.sender for m in specs) == 4
+    assert plans[0].rooms == ("lobby", "bench-t0-1")
+    for plan in plans:
+        for room in range(2):
+            local = [m for m in plan.members if m.room == room]
+            probes = [m for m in local if m.probe != NOT_PROBE]
+            if any(m.sender for m in local):
+                assert [m.probe for m in probes].count(WINDOW_PROBE) == 1
+            assert all(not m.sender for m in probes)
+            assert len(probes) <= 3
+
+
+def test_rate_mode_has_no_window_probes() -> None:
+    plans = make_plans(_args("--mode", "rate", "--members", "10", "--senders", "2", "--rate", "100"), "t1")
+    probes = [m.probe for m in plans[0].members if m.probe]
+    assert probes
+    assert set(probes) == {PROBE}
+    assert plans[0].rate_per_sender == 50
+
+
+def test_a_sender_without_a_local_receiver_is_refused() -> None:
+    with pytest.raises(ValueError, match="has no receiver"):
+        make_plans(_args("--members", "3", "--senders", "2", "--workers", "2"), "t2")
+
+
+# ---------------------------------------------------------- the tool itself
+
+
+async def _bench(*argv: str) -> tuple[int, dict[str, Any], str]:
+    """Run ``python -m asyncchat.bench ARGV --json``; return (exit code, result, stderr).
+
+    The tool runs on the same kind of event loop as the test's server.
+    """
+    loop = "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "asyncchat.bench",
+        *argv,
+        "--json",
+        "--loop",
+        loop,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(90):
+            out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    result = json.loads(out) if out.strip() else {}
+    return proc.returncode, result, err.decode()
+
+
+@pytest.mark.parametrize(
+    "mode_args",
+    [
+        ("--mode", "saturation", "--window", "8"),
+        ("--mode", "rate", "--rate", "200"),
+    ],
+)
+async def test_bench_delivers_every_message(mode_args: tuple[str, ...]) -> None:
+    async with serve_tcp(Hub(limits=BENCH_LIMITS), port=0) as server:
+        port = server.address[1]
+        code, result, err = await _bench(
+            "--port",
+            str(port),
+            "--members",
+            "20",
+            "--senders",
+            "2",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--server-pid",
+            str(os.getpid()),
+            *mode_args,
+        )
+    assert code == 0, (err, {k: v for k, v in result.items() if k != "config"})
+    assert result["logged_in"] == 20
+    assert result["counting"] == 20
+    assert result["messages"] > 0
+    assert result["deliveries"] > 0
+    # Every message reaches the 19 other members of the room, none twice.
+    assert result["expected"] == result["messages"] * 19
+    assert result["deliveries"] == result["expected"]
+    assert result["loss"] == 0
+    assert result["errors"] == {}
+    latency = result["latency_ms"]
+    assert set(latency) == {"p50", "p90", "p99", "p99.9", "max", "samples"}
+    assert latency["samples"] > 0
+    assert 0 <= latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["p99.9"] <= latency["max"]
+    assert result["deliveries_per_s"] > 0
+    assert result["messages_per_s"] > 0
+    assert len(result["generator"]["cpu"]) == 1
+    assert isinstance(result["generator"]["saturated"], bool)
+    assert result["server"]["pid"] == os.getpid()
+    assert "cpu_percent" in result["server"]
+
+
+async def test_bench_with_workers_and_rooms() -> None:
+    async with serve_tcp(Hub(limits=BENCH_LIMITS), port=0) as server:
+        code, result, err = await _bench(
+            "--port",
+            str(server.address[1]),
+            "--mode",
+            "rate",
+            "--rate",
+            "400",
+            "--members",
+            "24",
+            "--senders",
+            "4",
+            "--rooms",
+            "2",
+            "--workers",
+            "2",
+            "--duration",
+            "1",
+            "--warmup",
+            "0",
+        )
+        assert sorted(info.members for info in server.hub.rooms()) == [12, 12]
+    assert code == 0, (err, {k: v for k, v in result.items() if k != "config"})
+    assert result["logged_in"] == 24
+    # Two rooms of 12: each message reaches 11 members.
+    assert result["expected"] == result["messages"] * 11
+    assert result["deliveries"] == result["expected"]
+    assert result["loss"] == 0
+    assert len(result["generator"]["cpu"]) == 2
+
+
+async def test_bench_idle_reports_memory_per_member() -> None:
+    hub = Hub(limits=BENCH_LIMITS)
+    async with serve_tcp(hub, port=0) as server:
+        code, result, err = await _bench(
+            "--port",
+            str(server.address[1]),
+            "--mode",
+            "idle",
+            "--members",
+            "50",
+            "--duration",
+            "0.2",
+            "--server-pid",
+            str(os.getpid()),
+        )
+        assert hub.statistics().disconnects.get("closed", 0) <= 50
+    assert code == 0, (err, {k: v for k, v in result.items() if k != "config"})
+    assert result["logged_in"] == 50
+    assert result["errors"] == {}
+    server_info = result["server"]
+    assert server_info["rss_after_login_bytes"] > 0
+    assert "memory_per_member_bytes" in server_info
+
+
+async def test_bench_reports_connect_errors_and_exits_1() -> None:
+    async with serve_tcp(Hub(limits=BENCH_LIMITS), port=0) as server:
+        port = server.address[1]
+    # The server is closed: nothing listens on the port any more.
+    code, result, _ = await _bench(
+        "--port", str(port), "--mode", "idle", "--members", "3", "--duration", "0.1", "--connect-timeout", "2"
+    )
+    assert code == 1
+    assert result["logged_in"] == 0
+    assert result["errors"] == {"connect": 3}

@@ -21,6 +21,7 @@ TCP, and are handled here:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
 from collections import deque
@@ -42,6 +43,8 @@ PROBE = b" " * 63 + b"\n"
 RETRY_SECONDS = 1.0
 #: Seconds a possibly split line is held waiting for its continuation.
 HOLD_SECONDS = 0.2
+#: Seconds :meth:`UdpClient.aclose` waits for the server's goodbye.
+GOODBYE_SECONDS = 1.0
 #: Lines kept for a reader that does not keep up; older ones are dropped and counted.
 MAX_BACKLOG = 10_000
 
@@ -79,6 +82,7 @@ class UdpClient(ChatClient):
         self._held_timer: asyncio.TimerHandle | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._eof = False
+        self._goodbye: asyncio.Future[None] | None = None
         #: Lines dropped because they were not read in time (at most MAX_BACKLOG are kept).
         self.dropped = 0
 
@@ -114,6 +118,10 @@ class UdpClient(ChatClient):
     def _add(self, raw: bytes) -> None:
         before = len(self._lines)
         self._decoded(split_datagram(raw, self._max_line_bytes), self._lines)
+        goodbye = self._goodbye
+        new = itertools.islice(self._lines, before, None)
+        if goodbye is not None and not goodbye.done() and any(isinstance(parse(line), Closing) for line in new):
+            goodbye.set_result(None)
         while len(self._lines) > MAX_BACKLOG:
             self._lines.popleft()
             self.dropped += 1
@@ -126,6 +134,8 @@ class UdpClient(ChatClient):
             self._eof = True
             self._reason = self._reason or reason
             self._wake()
+            if self._goodbye is not None and not self._goodbye.done():
+                self._goodbye.set_result(None)
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -156,6 +166,24 @@ class UdpClient(ChatClient):
         if transport is not None and not transport.is_closing():
             transport.close()
         self._end("connection closed")
+
+    async def aclose(self) -> None:
+        """Say ``/quit``, wait (at most :data:`GOODBYE_SECONDS`) for the goodbye, and close.
+
+        Waiting keeps the socket open for the server's last line: a reply to
+        a closed port would come back as an ICMP error to the server.
+        """
+        if not self._closed and not self._eof and self._transport is not None:
+            self._goodbye = asyncio.get_running_loop().create_future()
+            try:
+                self._write_nowait(b"/quit\n")
+                async with asyncio.timeout(GOODBYE_SECONDS):
+                    await self._goodbye
+            except (ConnectionClosed, TimeoutError):
+                pass
+            self._closed = True  # /quit is said: the base class must not say it again
+            self._reason = "connection closed"
+        await super().aclose()
 
     async def _before_login(self) -> None:
         pending = PROBE

@@ -598,3 +598,24 @@ def test_module_help_runs_without_warnings() -> None:
     assert "--name" in result.stdout
     assert "--udp" in result.stdout
     assert result.stderr == ""
+
+
+async def test_interactive_client_with_pipe_input(tcp_server: TcpServer) -> None:
+    """The prompt_toolkit client, driven by a pipe instead of a keyboard: a line, then Ctrl-D."""
+    from prompt_toolkit.input import create_pipe_input
+    from prompt_toolkit.output import DummyOutput
+
+    from asyncchat._terminal import _interactive
+
+    host, port = tcp_server.address
+    async with await LineClient.connect((host, port), "bob") as bob:
+        chat = await connect_tcp(host, port, nick="carol")
+        with create_pipe_input() as keyboard:
+            task = asyncio.create_task(_interactive(chat, input=keyboard, output=DummyOutput()))
+            keyboard.send_text("hello from the prompt\r")
+            await bob.expect("carol: hello from the prompt")
+            keyboard.send_text("\x04")  # Ctrl-D leaves
+            async with asyncio.timeout(TIMEOUT):
+                assert await task == 0
+        assert await bob.line() == "* carol left lobby (quit)"
+        assert chat.closed

@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import gc
 import logging
+import random
+import re
 import socket
 import struct
 from collections.abc import AsyncIterator, Iterator
@@ -21,6 +23,7 @@ from hypothesis import strategies as st
 
 from asyncchat import Hub, Limits, SlowConsumerPolicy
 from asyncchat.tcp import WRITE_HIGH, TcpServer, serve_tcp
+from asyncchat.udp import AMPLIFICATION_FACTOR, FIRST_REPLY_ALLOWANCE, UdpServer, serve_udp
 
 from .chatclient import TIMEOUT, LineClient
 from .hardening import check_chat, fail_on_error_logs, fresh_nick, open_fds, tcp_opener, wait_for
@@ -407,6 +410,8 @@ async def test_connect_disconnect_churn_returns_to_baseline() -> None:
         await wait_for(lambda: open_fds() <= base_fds)
         assert open_fds() == base_fds
         stats = hub.statistics()
+        # Every cycle became a member and left again (plus the two fresh clients of the first check).
+        assert stats.disconnects == {"closed": 2_000 + 2}
         assert stats.logged_in == 0
         assert server.connections == 0
         await still_serves(server)
@@ -441,3 +446,208 @@ async def test_connections_survive_garbage_collection(tcp_server: TcpServer) -> 
         await attacker.send("still connected after gc")
         assert await observer.line() == f"{nick}: still connected after gc"
     await still_serves(tcp_server)
+
+
+# --------------------------------------------------------------------- UDP
+
+
+_TOKEN = re.compile(r"send /verify ([0-9a-f]+)")
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self.received = 0
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.received += len(data)
+        self.queue.put_nowait(data)
+
+
+class UdpPeer:
+    """A minimal UDP test client: raw datagrams out, lines in (each wait bounded)."""
+
+    def __init__(self, transport: asyncio.DatagramTransport, protocol: _Datagrams) -> None:
+        self.transport = transport
+        self.protocol = protocol
+        self.sent = 0
+        self._lines: list[str] = []
+
+    @classmethod
+    async def open(cls, address: tuple[str, int]) -> UdpPeer:
+        transport, protocol = await asyncio.get_running_loop().create_datagram_endpoint(_Datagrams, remote_addr=address)
+        return cls(transport, protocol)
+
+    def send(self, data: bytes) -> None:
+        self.sent += len(data)
+        self.transport.sendto(data)
+
+    async def line(self) -> str:
+        while not self._lines:
+            async with asyncio.timeout(TIMEOUT):
+                datagram = await self.protocol.queue.get()
+            self._lines += datagram.decode().splitlines()
+        return self._lines.pop(0)
+
+    async def expect(self, wanted: str) -> list[str]:
+        seen = []
+        while (line := await self.line()) != wanted:
+            seen.append(line)
+        return seen
+
+    async def login(self, nick: str) -> None:
+        """Send the nickname, verify the address (the join line may exceed the unverified budget)."""
+        self.send(f"{nick}\n".encode())
+        while (match := _TOKEN.search(await self.line())) is None:
+            pass
+        self.send(f"/verify {match[1]}\n".encode())
+        await self.expect("*** address verified: you receive all messages")
+        self.send(b"/ping logged-in\n")
+        seen = await self.expect("*** pong logged-in")
+        assert not any(line.startswith("! ") for line in seen), seen
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+@contextlib.asynccontextmanager
+async def tcp_and_udp(host: str = "127.0.0.1", **overrides: Any) -> AsyncIterator[tuple[Hub, TcpServer, UdpServer]]:
+    """One hub served over TCP and UDP on free ports of *host*."""
+    options: dict[str, Any] = {"max_per_ip": 10_000}
+    options.update(overrides)
+    hub = Hub(limits=Limits(**options))
+    async with serve_tcp(hub, host=host, port=0) as tcp, serve_udp(hub, host=host, port=0) as udp:
+        yield hub, tcp, udp
+
+
+async def udp_still_serves(tcp: TcpServer, udp: UdpServer) -> None:
+    """A fresh TCP pair chats, and a fresh UDP member's line reaches a TCP member."""
+    await check_chat(tcp_opener(tcp.address))
+    nick = fresh_nick("udpok")
+    async with await LineClient.connect(tcp.address, fresh_nick("tcpok")) as observer:
+        peer = await UdpPeer.open(udp.address)
+        try:
+            await peer.login(nick)
+            await observer.expect(f"* {nick} joined lobby")
+            peer.send(b"hello over udp\n")
+            await observer.expect(f"{nick}: hello over udp")
+        finally:
+            peer.close()
+
+
+async def test_udp_empty_and_oversized_datagrams() -> None:
+    async with tcp_and_udp() as (_hub, tcp, udp):
+        attacker = await UdpPeer.open(udp.address)
+        try:
+            # (asyncio's sendto() skips empty datagrams: send them from a plain socket.)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as plain:
+                for _ in range(10):
+                    plain.sendto(b"", udp.address)
+            for size in (udp.max_datagram_in + 1, 20_000, 65_000):
+                attacker.send(b"x" * size)
+            await wait_for(lambda: udp.statistics().datagrams_in >= 13)
+            stats = udp.statistics()
+            assert (stats.dropped_empty, stats.dropped_oversized, stats.peers) == (10, 3, 0)
+            # Nothing was answered: the first thing this address gets is the reply to its nickname.
+            nick = fresh_nick("udpbig")
+            attacker.send(f"{nick}\n".encode())
+            assert (await attacker.line()).startswith("*** welcome")
+            await attacker.expect(f"* {nick} joined lobby")
+            # A member's oversized datagram gets an error with the numbers.
+            attacker.send(b"y" * 30_000)
+            assert await attacker.line() == f"! datagram of 30000 bytes exceeds limit of {udp.max_datagram_in} bytes"
+        finally:
+            attacker.close()
+        await udp_still_serves(tcp, udp)
+
+
+GARBAGE = [
+    b"\xff\xfe\xfd",
+    b"\x00\x00\x00\n\x00",
+    b"\n\n\n\r\r\r\n",
+    b"\x1b[2J\x1b]0;pwned\x07\n",
+    "\u202eevil\u202c\n".encode(),
+    b"nick\rforged: line\n",
+    b"/quit\n",
+    b"/verify 00000000\n" * 6,
+    bytes(range(256)),
+]
+
+
+async def test_udp_garbage_datagrams_from_fresh_addresses() -> None:
+    async with tcp_and_udp() as (_hub, tcp, udp):
+        rng = random.Random(5)
+        payloads = GARBAGE + [rng.randbytes(rng.randrange(1, 1500)) for _ in range(40)]
+        attackers = [await UdpPeer.open(udp.address) for _ in payloads]
+        try:
+            for attacker, payload in zip(attackers, payloads, strict=True):
+                attacker.send(payload)
+            await wait_for(lambda: udp.statistics().datagrams_in >= len(payloads))
+            # Let the replies (if any) go out and arrive: one TCP round trip after the flush.
+            async with await LineClient.connect(tcp.address) as probe:
+                await probe.send("/ping")
+            for attacker in attackers:
+                # Never an amplifier: an unverified address gets at most allowance + 3x what it sent.
+                assert attacker.protocol.received <= FIRST_REPLY_ALLOWANCE + AMPLIFICATION_FACTOR * attacker.sent
+        finally:
+            for attacker in attackers:
+                attacker.close()
+        assert udp.statistics().peers <= len(payloads)
+        await udp_still_serves(tcp, udp)
+
+
+async def test_udp_garbage_from_a_member_does_not_reach_others_raw() -> None:
+    async with tcp_and_udp() as (_hub, tcp, udp):
+        observer_nick = fresh_nick("obs")
+        async with await LineClient.connect(tcp.address, observer_nick) as observer:
+            attacker = await UdpPeer.open(udp.address)
+            nick = fresh_nick("udpevil")
+            try:
+                await attacker.login(nick)
+                await observer.expect(f"* {nick} joined lobby")
+                for payload in GARBAGE[:6]:
+                    attacker.send(payload)
+                attacker.send(b"marker\n")
+                seen = await observer.expect(f"{nick}: marker")
+            finally:
+                attacker.close()
+            raw = "\n".join(seen).encode()
+            for forbidden in (b"\x00", b"\x1b", b"\x07", b"\r", "\u202e".encode()):
+                assert forbidden not in raw
+            assert f"{nick}: nick\\x0dforged: line" in seen
+            assert not any(line.startswith("forged") for line in seen)
+        await udp_still_serves(tcp, udp)
+
+
+async def test_udp_flood_from_one_address() -> None:
+    async with tcp_and_udp() as (hub, tcp, udp):
+        observer_nick, talker_nick = fresh_nick("obs"), fresh_nick("talk")
+        async with (
+            await LineClient.connect(tcp.address, observer_nick) as observer,
+            await LineClient.connect(tcp.address, talker_nick) as talker,
+        ):
+            flooder = await UdpPeer.open(udp.address)
+            nick = fresh_nick("udpflood")
+            try:
+                await flooder.login(nick)
+                for i in range(10_000):
+                    flooder.send(f"flood {i}\n".encode())
+                    if i % 50 == 0:
+                        await asyncio.sleep(0)  # let the server read (the kernel drops the rest)
+                    if i % 1000 == 0:
+                        await talker.send(f"talk {i // 1000}")
+                await wait_for(lambda: hub.statistics().disconnects.get("flood", 0) >= 1)
+                await talker.send("talk end")
+                seen = await observer.expect(f"{talker_nick}: talk end")
+            finally:
+                flooder.close()
+        assert [line for line in seen if line.startswith(f"{talker_nick}: ")] == [
+            f"{talker_nick}: talk {i}" for i in range(10)
+        ]
+        flood = [int(line.rsplit(" ", 1)[1]) for line in seen if line.startswith(f"{nick}: flood ")]
+        assert flood == sorted(flood)
+        assert 0 < len(flood) < 1_000
+        assert f"* {nick} left lobby (flood)" in seen
+        # One address is one table entry, whatever it sends.
+        assert udp.statistics().peers <= 1
+        await udp_still_serves(tcp, udp)

@@ -50,6 +50,7 @@ from .limits import Limits, SlowConsumerPolicy
 from .session import Session, SessionState
 
 if TYPE_CHECKING:
+    from .bus import Bus, InProcessBus, InProcessNetwork
     from .client import (
         ChatClient,
         ConnectionClosed,
@@ -59,12 +60,14 @@ if TYPE_CHECKING:
         connect_unix,
         reconnecting,
     )
+    from .redis_bus import RedisBus
     from .runtime import watch
     from .tcp import TcpServer, serve_tcp
     from .udp import UdpServer, serve_udp
 
 __all__ = [
     "Action",
+    "Bus",
     "ChatClient",
     "ChatError",
     "ChatEvent",
@@ -75,6 +78,8 @@ __all__ = [
     "Error",
     "Hub",
     "HubStatistics",
+    "InProcessBus",
+    "InProcessNetwork",
     "InvalidEncoding",
     "InvalidName",
     "Joined",
@@ -89,6 +94,7 @@ __all__ = [
     "Notice",
     "Private",
     "ProtocolError",
+    "RedisBus",
     "Refused",
     "RoomInfo",
     "Session",
@@ -109,6 +115,10 @@ __all__ = [
 ]
 
 _LAZY = {
+    "Bus": "bus",
+    "InProcessBus": "bus",
+    "InProcessNetwork": "bus",
+    "RedisBus": "redis_bus",  # the only module importing redis (DependencyMissing without it)
     "ChatClient": "client",
     "ConnectionClosed": "client",
     "LoginFailed": "client",

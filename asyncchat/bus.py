@@ -530,6 +530,9 @@ class Cluster:
         if node is None:
             node = self._nodes[envelope.node] = _RemoteNode(envelope.node, now)
             logger.info("node %s joined the cluster", envelope.node)
+            # Tell the newcomer who is here now, rather than at the next heartbeat;
+            # anything this node publishes later reaches it after this list.
+            self.heartbeat()
         node.last_seen = now
         if node.last_seq and envelope.seq > node.last_seq + 1:
             self.missed += envelope.seq - node.last_seq - 1

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import signal
+import ssl
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,7 +23,7 @@ from . import __version__
 from .hub import Hub
 from .limits import Limits, SlowConsumerPolicy
 
-__all__ = ["build_parser", "limits_from_args", "new_event_loop", "run"]
+__all__ = ["build_parser", "limits_from_args", "new_event_loop", "run", "server_tls_context"]
 
 logger = logging.getLogger("asyncchat")
 
@@ -70,6 +71,13 @@ def build_parser(prog: str, *, tcp: bool, udp: bool) -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (e.g. ::1, 0.0.0.0)")
     if tcp:
         parser.add_argument("--port", type=int, default=8080, help="TCP port (0 picks a free one; the log says which)")
+        parser.add_argument(
+            "--unix", metavar="PATH", default=None, help="listen on this Unix domain socket instead of --host/--port"
+        )
+        parser.add_argument(
+            "--tls-cert", metavar="FILE", default=None, help="serve TLS with this PEM certificate (needs --tls-key)"
+        )
+        parser.add_argument("--tls-key", metavar="FILE", default=None, help="the PEM private key of --tls-cert")
     if udp:
         # Served alone, UDP takes --port (and still accepts --udp-port).
         flags = ["--udp-port"] if tcp else ["--port", "--udp-port"]
@@ -94,6 +102,23 @@ def build_parser(prog: str, *, tcp: bool, udp: bool) -> argparse.ArgumentParser:
     parser.add_argument(
         "--stats-interval", type=float, default=0.0, metavar="SECONDS", help="log statistics every SECONDS (0: never)"
     )
+    # Multi-node (asyncchat.redis_bus): several servers share rooms through Redis.
+    nodes = parser.add_argument_group("multi-node (needs asyncchat[redis])")
+    nodes.add_argument(
+        "--redis", metavar="URL", default=None, help="join the cluster on this Redis, e.g. redis://127.0.0.1:6379/0"
+    )
+    nodes.add_argument(
+        "--redis-namespace", default="asyncchat", metavar="NAME", help="prefix of Redis keys and channel"
+    )
+    nodes.add_argument("--node-id", default=None, metavar="ID", help="this node's id (default: pid and random bits)")
+    nodes.add_argument("--heartbeat", type=float, default=2.0, metavar="SECONDS", help="seconds between heartbeats")
+    nodes.add_argument(
+        "--node-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="silence after which another node's members are removed",
+    )
     limits = parser.add_argument_group("limits")
     defaults = Limits()
     for field in dataclasses.fields(Limits):
@@ -115,6 +140,21 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
         value = getattr(args, field.name)
         values[field.name] = SlowConsumerPolicy(value) if field.name == "slow_consumer" else value
     return Limits(**values)
+
+
+def server_tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    """The server's TLS context for *cert* and *key* (PEM files), or ``None`` if neither is given.
+
+    Raises :class:`ValueError` if only one is given, :class:`OSError` or
+    :class:`ssl.SSLError` if they cannot be loaded.
+    """
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise ValueError("--tls-cert and --tls-key must be given together")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
 
 
 def new_event_loop(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
@@ -139,16 +179,27 @@ def setup_logging(level: str) -> None:
     )
 
 
-async def _serve(args: argparse.Namespace, hub: Hub, *, tcp: bool, udp: bool) -> None:
+async def _serve(
+    args: argparse.Namespace,
+    hub: Hub,
+    *,
+    tcp: bool,
+    udp: bool,
+    bus: Any = None,
+    tls: ssl.SSLContext | None = None,
+) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     async with contextlib.AsyncExitStack() as stack:
+        if bus is not None:  # multi-node: closed after the servers, so it can say goodbye
+            await stack.enter_async_context(bus)
+            logger.info("node %s joining the cluster through Redis", bus.node_id)
         if tcp:
             from .tcp import serve_tcp
 
-            await stack.enter_async_context(serve_tcp(hub, host=args.host, port=args.port))
+            await stack.enter_async_context(serve_tcp(hub, host=args.host, port=args.port, unix=args.unix, ssl=tls))
         if udp:
             from .udp import serve_udp
 
@@ -174,11 +225,33 @@ def run(argv: Sequence[str] | None, *, prog: str, tcp: bool, udp: bool) -> int:
         limits = limits_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
+    tls = None
+    if tcp:
+        try:
+            tls = server_tls_context(args.tls_cert, args.tls_key)
+        except (ValueError, OSError, ssl.SSLError) as exc:
+            parser.error(f"cannot use the TLS certificate: {exc}" if not isinstance(exc, ValueError) else str(exc))
+    bus = None
+    if args.redis:  # multi-node: the bus is started and stopped by _serve()
+        from .errors import DependencyMissing
+
+        try:
+            from .redis_bus import RedisBus
+
+            bus = RedisBus(
+                args.redis,
+                namespace=args.redis_namespace,
+                node_id=args.node_id,
+                heartbeat_interval=args.heartbeat,
+                node_timeout=args.node_timeout,
+            )
+        except (DependencyMissing, ValueError) as exc:
+            parser.error(str(exc))
     setup_logging(args.log_level)
-    hub = Hub(limits=limits)
+    hub = Hub(limits=limits, bus=bus)
     try:
         with asyncio.Runner(loop_factory=new_event_loop(args.loop)) as runner:
-            runner.run(_serve(args, hub, tcp=tcp, udp=udp))
+            runner.run(_serve(args, hub, tcp=tcp, udp=udp, bus=bus, tls=tls))
     except OSError as exc:
         logger.error("cannot serve: %s", exc)
         return 1

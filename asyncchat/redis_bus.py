@@ -99,6 +99,16 @@ return 1
 _FAILURES = (RedisError, OSError, TimeoutError)
 
 
+def _without_password(url: str) -> str:
+    """*url* safe for logs: a password, if any, is replaced by ``***``."""
+    head, sep, tail = url.rpartition("@")
+    if not sep or ":" not in head.split("//", 1)[-1]:
+        return url
+    scheme, _, auth = head.rpartition("//")
+    user = auth.split(":", 1)[0]
+    return f"{scheme}//{user}:***@{tail}"
+
+
 class RedisBus:
     """The Redis implementation of :class:`~asyncchat.bus.Bus` (see the module docstring).
 
@@ -126,6 +136,7 @@ class RedisBus:
             if not value > 0:
                 raise ValueError(f"{name} must be > 0, not {value!r}")
         self.url = url
+        self._shown_url = _without_password(url)
         self.node_id = node_id or new_node_id()
         self.namespace = namespace
         self.channel = f"{namespace}:bus"
@@ -156,7 +167,9 @@ class RedisBus:
 
     def __repr__(self) -> str:
         state = "up" if self._up else ("closed" if self._closing else "down")
-        return f"<RedisBus {self.node_id!r} {self.url} {state} buffered={len(self._buffer)} dropped={self.dropped}>"
+        return (
+            f"<RedisBus {self.node_id!r} {self._shown_url} {state} buffered={len(self._buffer)} dropped={self.dropped}>"
+        )
 
     @property
     def connected(self) -> bool:
@@ -173,7 +186,7 @@ class RedisBus:
             self.url,
             socket_connect_timeout=self.claim_timeout,
             socket_keepalive=True,
-            retry=Retry(NoBackoff(), 0),
+            retry=Retry(NoBackoff(), 1),  # one immediate retry on a fresh connection; backoff is ours
         )
         self._wake = asyncio.Event()
         self._subscribed = asyncio.Event()
@@ -207,7 +220,9 @@ class RedisBus:
                         self._drained.clear()
                         await self._drained.wait()
                     if self._claimed:
-                        await client.eval(_RELEASE, len(self._claimed), *sorted(self._claimed), self.node_id)
+                        await client.eval(
+                            _RELEASE, len(self._claimed), *map(self._key, sorted(self._claimed)), self.node_id
+                        )
         for task in [*self._tasks, *self._pending]:
             task.cancel()
         for task in [*self._tasks, *self._pending]:
@@ -298,8 +313,9 @@ class RedisBus:
         if self._up or not self._down_logged:
             self.outages += 1
             logger.warning(
-                "Redis at %s unavailable (%s); serving local members only, retrying with backoff",
-                self.url,
+                "node %s: Redis at %s unavailable (%s); serving local members only, retrying with backoff",
+                self.node_id,
+                self._shown_url,
                 exc or type(exc).__name__,
             )
         self._up = False
@@ -308,7 +324,7 @@ class RedisBus:
     def _up_again(self) -> None:
         if not self._up:
             if self._down_logged:
-                logger.info("Redis at %s is back; cross-node traffic resumes", self.url)
+                logger.info("node %s: Redis at %s is back; cross-node traffic resumes", self.node_id, self._shown_url)
             self._down_logged = False
             self._up = True
 
@@ -322,10 +338,15 @@ class RedisBus:
         assert self._drained is not None
         client, wake, buffer = self._client, self._wake, self._buffer
         delay = 0.05
+        subscribed = self._subscribed
+        assert subscribed is not None
         while True:
             if not buffer:
                 wake.clear()
                 await wake.wait()
+            # Listen before speaking: an answer to what we publish (another node's
+            # heartbeat, sent when it first hears of us) must not be missed.
+            await subscribed.wait()
             batch = list(buffer)
             try:
                 async with client.pipeline(transaction=False) as pipe:
@@ -360,6 +381,7 @@ class RedisBus:
                     if message is not None and message.get("type") == "message":
                         self._received(message["data"])
             except _FAILURES as exc:
+                self._subscribed.clear()
                 self._down(exc)
             finally:
                 with contextlib.suppress(*_FAILURES):

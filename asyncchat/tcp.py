@@ -162,14 +162,22 @@ class TcpServer:
         """Bind and start accepting.  Raises :class:`OSError` if binding fails."""
         self._loop = asyncio.get_running_loop()
         self._runtime = attach(self.hub)
+        # A TLS handshake happens before the connection is a member: bound it by
+        # the login timeout too, or a TLS slowloris holds sockets for 60 s each.
+        handshake = self.hub.limits.login_timeout if self.ssl is not None else None
         try:
             if self.unix is not None:
                 self._server = await asyncio.start_unix_server(
-                    self._accept, self.unix, ssl=self.ssl, backlog=self.backlog
+                    self._accept, self.unix, ssl=self.ssl, backlog=self.backlog, ssl_handshake_timeout=handshake
                 )
             else:
                 self._server = await asyncio.start_server(
-                    self._accept, self.host, self.port, ssl=self.ssl, backlog=self.backlog
+                    self._accept,
+                    self.host,
+                    self.port,
+                    ssl=self.ssl,
+                    backlog=self.backlog,
+                    ssl_handshake_timeout=handshake,
                 )
         except BaseException:
             self._runtime.release()

@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds measured (idle: seconds held)")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load before measuring")
     parser.add_argument("--window", type=int, default=32, help="saturation: messages in flight per sender")
+    parser.add_argument(
+        "--window-probe",
+        choices=["first", "last"],
+        default="last",
+        help="saturation: the window counts messages not yet seen by the first or the last member to join",
+    )
     parser.add_argument("--size", type=int, default=64, help=f"bytes of text per message (at least {MIN_SIZE})")
     parser.add_argument("--workers", type=int, default=1, help="load-generator processes")
     parser.add_argument("--probes", type=int, default=3, help="latency probes per room and worker")
@@ -147,10 +153,10 @@ def make_plans(args: argparse.Namespace, token: str) -> list[WorkerPlan]:
                     )
             for receivers in by_room.values():
                 count = min(args.probes, len(receivers))
-                for k in range(count):
-                    pick = receivers[len(receivers) - 1 - k * len(receivers) // count]
-                    window_probe = k == 0 and args.mode == "saturation"
-                    probes[pick] = WINDOW_PROBE if window_probe else PROBE
+                for k in range(count):  # the last receiver first, then spread towards the first
+                    probes[receivers[len(receivers) - 1 - k * len(receivers) // count]] = PROBE
+                if args.mode == "saturation":
+                    probes[receivers[0 if args.window_probe == "first" else -1]] = WINDOW_PROBE
         members = tuple(MemberSpec(i, f"b{token}m{i}", i % args.rooms, i < senders, probes.get(i, 0)) for i in indices)
         plans.append(
             WorkerPlan(

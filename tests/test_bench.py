@@ -238,7 +238,6 @@ async def test_bench_with_workers_and_rooms() -> None:
             "--warmup",
             "0",
         )
-        assert sorted(info.members for info in server.hub.rooms()) == [12, 12]
     assert code == 0, (err, {k: v for k, v in result.items() if k != "config"})
     assert result["logged_in"] == 24
     # Two rooms of 12: each message reaches 11 members.
@@ -282,3 +281,12 @@ async def test_bench_reports_connect_errors_and_exits_1() -> None:
     assert code == 1
     assert result["logged_in"] == 0
     assert result["errors"] == {"connect": 3}
+
+
+@pytest.mark.parametrize(("choice", "position"), [("last", -1), ("first", 0)])
+def test_window_probe_is_the_first_or_last_receiver(choice: str, position: int) -> None:
+    plans = make_plans(_args("--members", "10", "--senders", "1", "--window-probe", choice), "t3")
+    receivers = [m for m in plans[0].members if not m.sender]
+    assert receivers[position].probe == WINDOW_PROBE
+    assert [m.probe for m in receivers].count(WINDOW_PROBE) == 1
+    assert receivers[-1].probe != NOT_PROBE  # the last to join is always a latency probe

@@ -20,7 +20,9 @@ Run ``python -m asyncchat.tcp --help`` for the command line.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import ssl as ssl_module
 from collections.abc import Sequence
 from types import TracebackType
@@ -154,6 +156,7 @@ class TcpServer:
         self._runtime: Runtime | None = None
         self._connections: set[Connection] = set()
         self._drained: asyncio.Future[None] | None = None
+        self._unix_file: tuple[int, int] | None = None
 
     def __repr__(self) -> str:
         return f"<TcpServer {self.addresses} connections={len(self._connections)}>"
@@ -183,6 +186,9 @@ class TcpServer:
             self._runtime.release()
             self._runtime = None
             raise
+        if self.unix is not None:
+            info = os.stat(self.unix)
+            self._unix_file = (info.st_dev, info.st_ino)
         logger.info("serving TCP%s on %s", " (TLS)" if self.ssl else "", ", ".join(map(str, self.addresses)))
 
     @property
@@ -257,10 +263,21 @@ class TcpServer:
             for connection in list(self._connections):
                 connection.transport.abort()
         await server.wait_closed()
+        self._remove_unix_file()
         if self._runtime is not None:
             self._runtime.release()
             self._runtime = None
         logger.info("TCP server closed")
+
+    def _remove_unix_file(self) -> None:
+        """Remove our Unix socket file (asyncio leaves it), unless another server replaced it."""
+        if self.unix is None or self._unix_file is None:
+            return
+        with contextlib.suppress(OSError):
+            info = os.stat(self.unix)
+            if (info.st_dev, info.st_ino) == self._unix_file:
+                os.unlink(self.unix)
+        self._unix_file = None
 
     async def serve_forever(self) -> None:
         """Wait until the server is closed (e.g. by cancelling this call's task)."""

@@ -84,6 +84,8 @@ AMPLIFICATION_FACTOR = 3
 FIRST_REPLY_ALLOWANCE = 256
 #: Wrong verification tokens an address may send before it is dropped.
 MAX_VERIFY_ATTEMPTS = 5
+#: Tries per datagram when a send reports an earlier socket error.
+SEND_ATTEMPTS = 3
 #: Bytes buffered in the transport beyond which datagrams are dropped and counted.
 SEND_BUFFER_LIMIT = 256 * 1024
 
@@ -259,6 +261,8 @@ class UdpStatistics:
     dropped_unverified: int
     #: Datagrams dropped because the socket's send buffer was full.
     dropped_send_buffer: int
+    #: Datagrams the kernel refused to send, after retries.
+    send_failed: int
     refused: int
     errors_received: int
     unreachable: int
@@ -313,6 +317,8 @@ class UdpServer:
         self._errsock: socket.socket | None = None
         self._peers: dict[tuple[str, int], UdpPeer] = {}
         self._closing = False
+        self._in_send = False
+        self._send_failed = False
         self._refusal_logged = -1e9
         self._counts = dict.fromkeys(
             (
@@ -325,6 +331,7 @@ class UdpServer:
                 "dropped_oversized",
                 "dropped_unverified",
                 "dropped_send_buffer",
+                "send_failed",
                 "refused",
                 "errors_received",
                 "unreachable",
@@ -429,6 +436,8 @@ class UdpServer:
             if peer is None:
                 return
         peer.received += size
+        if peer.member is not None:
+            peer.member.last_seen = now  # any datagram proves the member is alive
         items = split_datagram(data, self.hub.limits.max_line_bytes)
         self.hub.note_input(len(items), size)
         self._feed(peer, items, now)
@@ -514,6 +523,8 @@ class UdpServer:
     def _error(self, exc: Exception) -> None:
         """``error_received``: count it; on Linux, drop members whose port is unreachable."""
         self._counts["errors_received"] += 1
+        if self._in_send:
+            self._send_failed = True
         logger.debug("UDP socket error: %s", exc)
         sock = self._errsock
         if sock is None:
@@ -591,7 +602,19 @@ class UdpServer:
             return
         self._counts["datagrams_out"] += 1
         self._counts["bytes_out"] += len(datagram)
-        transport.sendto(datagram, addr)
+        # A pending socket error (say, an ICMP error about another member) is
+        # reported by the next send, which the kernel then discards: both loops
+        # call error_received synchronously from sendto, so retry (bounded).
+        for _ in range(SEND_ATTEMPTS):
+            self._send_failed = False
+            self._in_send = True
+            try:
+                transport.sendto(datagram, addr)
+            finally:
+                self._in_send = False
+            if not self._send_failed:
+                return
+        self._counts["send_failed"] += 1
 
     def _forget(self, peer: UdpPeer) -> None:
         if self._peers.get(peer.key) is peer:

@@ -728,3 +728,28 @@ def test_main_serves_tcp_and_udp_and_stops_on_sigterm(loop: str) -> None:
             process.wait(timeout=TIMEOUT)
         reader.join(timeout=TIMEOUT)
         stderr.close()
+
+
+async def test_ipv6_loopback(hub: Hub) -> None:
+    try:
+        server = serve_udp(hub, host="::1", port=0)
+        await server.start()
+    except OSError as exc:  # pragma: no cover - hosts without IPv6
+        pytest.skip(f"no IPv6 loopback: {exc}")
+    try:
+        loop = asyncio.get_running_loop()
+        transport, receiver = await loop.create_datagram_endpoint(
+            _Receiver, local_addr=("::1", 0), remote_addr=server.address
+        )
+        client = UdpClient(transport, receiver)
+        try:
+            client.send("six")
+            await client.expect("* six joined lobby")
+            peer = server.peer(client.address)
+            assert peer is not None
+            assert peer.member is not None
+            assert peer.member.peer == f"[::1]:{client.address[1]}"
+        finally:
+            client.close()
+    finally:
+        await server.aclose()

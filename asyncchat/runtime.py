@@ -23,6 +23,8 @@ __all__ = ["Runtime", "attach", "watch"]
 logger = logging.getLogger("asyncchat")
 
 TICK_SECONDS = 1.0
+#: Upper bound, in seconds, of the pause the flush pacing may insert.
+MAX_FLUSH_DELAY = 0.02
 
 
 class Runtime:
@@ -35,11 +37,31 @@ class Runtime:
         self._timer: asyncio.TimerHandle | None = None
         self._stats_interval = 0.0
         self._stats_timer: asyncio.TimerHandle | None = None
+        self._next_flush = 0.0
         hub.set_wakeup(self._wakeup)
         self._tick()
 
     def _wakeup(self) -> None:
-        self.loop.call_soon(self.hub.flush)
+        # Flush pacing: a flush costs one write per member with pending output,
+        # so in a big room it is the expensive step.  The next flush waits at
+        # least as long as the previous one took (capped by MAX_FLUSH_DELAY):
+        # an idle server still flushes in the same loop iteration, while a
+        # busy one spends at most about half its time flushing and lets more
+        # lines share each write.  Without this, a stream of joins or
+        # messages that arrive one per loop iteration costs one write per
+        # member each (N^2 writes for N logins into one room).
+        delay = self._next_flush - self.loop.time()
+        if delay > 0:
+            self.loop.call_later(delay, self._flush)
+        else:
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        loop = self.loop
+        start = loop.time()
+        self.hub.flush()
+        end = loop.time()
+        self._next_flush = end + min(end - start, MAX_FLUSH_DELAY)
 
     def _tick(self) -> None:
         self.hub.tick(self.loop.time())

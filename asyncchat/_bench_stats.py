@@ -1,4 +1,4 @@
-"""Pure pieces of the load tool: message format, latency histogram, /proc readers.
+"""Pure pieces of the load tool: message format, latency histogram, plans, /proc readers.
 
 Nothing here touches the network or the event loop, so it is unit-tested
 directly (``tests/test_bench.py``).
@@ -17,11 +17,17 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = [
     "MIN_SIZE",
+    "NOT_PROBE",
+    "PROBE",
+    "WINDOW_PROBE",
+    "Errors",
     "Histogram",
+    "MemberSpec",
+    "WorkerPlan",
     "encode_message",
     "parse_chat_line",
     "read_cpu_seconds",
@@ -32,6 +38,70 @@ __all__ = [
 MIN_SIZE = 40
 
 _PAD = b"." * 65536
+_ERROR_SAMPLES = 5
+
+#: A member's probe role: none, latency probe, or latency and window probe.
+NOT_PROBE, PROBE, WINDOW_PROBE = range(3)
+
+
+@dataclass(frozen=True, slots=True)
+class MemberSpec:
+    """One member a worker runs: its room, role, transport and node."""
+
+    index: int
+    nick: str
+    room: int
+    sender: bool
+    probe: int = NOT_PROBE
+    #: Over UDP (else TCP).
+    udp: bool = False
+    #: Index into the plan's ``tcp_nodes`` or ``udp_nodes``.
+    node: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerPlan:
+    """Everything a worker needs (picklable: it crosses the process boundary)."""
+
+    worker: int
+    #: ``(host, port)`` of each node, for TCP members and for UDP members.
+    tcp_nodes: tuple[tuple[str, int], ...]
+    udp_nodes: tuple[tuple[str, int], ...]
+    loop: str
+    cpu: int | None
+    mode: str
+    rooms: tuple[str, ...]
+    members: tuple[MemberSpec, ...]
+    senders_total: int
+    window: int
+    size: int
+    rate_per_sender: float
+    connect_timeout: float
+    setup_timeout: float
+    drain_timeout: float
+    deadline: float
+    token: str
+    parallel_connects: int = 500
+    #: UDP: logins in progress at once (the server's receive buffer is small).
+    parallel_udp_logins: int = 64
+    #: UDP: ``SO_RCVBUF`` asked for each member socket, in bytes.
+    udp_rcvbuf: int = 1 << 20
+    #: UDP: seconds between keepalive ``/ping`` lines.
+    keepalive: float = 30.0
+
+
+@dataclass(slots=True)
+class Errors:
+    """Error counts by kind, with a few sample texts."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    samples: list[str] = field(default_factory=list)
+
+    def add(self, kind: str, text: str) -> None:
+        """Count one error of *kind*; keep *text* if few samples are kept yet."""
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        if len(self.samples) < _ERROR_SAMPLES:
+            self.samples.append(f"{kind}: {text}"[:200])
 
 
 def encode_message(sender: int, seq: int, stamp_ns: int, size: int) -> bytes:

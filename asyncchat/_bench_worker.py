@@ -14,12 +14,25 @@ and drives it over a pipe, in steps::
     worker -> ("result", info)       after every expected line arrived, or the drain timeout
     parent -> ("stop",)              close everything and exit
 
-The receive path is the hot path: each member is an
-:class:`asyncio.BufferedProtocol` reading into one shared buffer, counting
-lines with ``bytearray.count(b"\\n")``.  A byte ``*`` or ``!`` in a chunk
-means a line that is not a benchmark message (see :mod:`._bench_stats`);
-only then is the chunk split into lines.  Only *probe* members (a few per
-room) parse the timestamps, for latency and for the senders' windows.
+The receive path is the hot path.  A TCP member is an
+:class:`asyncio.BufferedProtocol` reading into one shared buffer; a UDP
+member is an :class:`asyncio.DatagramProtocol` on its own connected socket
+(its own source port, ``SO_RCVBUF`` enlarged).  Both count lines with
+``count(b"\\n")``.  A byte ``*`` or ``!`` in a chunk means a line that is not
+a benchmark message (see :mod:`._bench_stats`), and over UDP a ``+`` means a
+continuation piece of a split line; only then is the chunk split into lines.
+Only *probe* members (a few per room) parse the timestamps, for latency and
+for the senders' windows.
+
+UDP members log in as :mod:`asyncchat._udp_client` does: a padded blank
+probe, then (in one datagram) ``/verify TOKEN``, the nickname and the
+``/join``; every step is sent again after :data:`RETRY_SECONDS` without an
+answer.  They send ``/ping`` every ``keepalive`` seconds and ``/quit`` when
+the worker stops.  Senders pack as many messages as fit in
+:data:`MAX_DATAGRAM` bytes into one datagram.  A saturation window that has
+not moved for :data:`WINDOW_STALL_SECONDS` in a worker with UDP members is
+taken as lost (every message in flight counted as seen) and counted in
+``window_resets``, so a lost datagram cannot stall a sender for good.
 """
 
 from __future__ import annotations
@@ -27,87 +40,63 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import resource
+import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ._bench_stats import Histogram, encode_message, parse_chat_line
+from ._bench_stats import (
+    NOT_PROBE,
+    PROBE,
+    WINDOW_PROBE,
+    Errors,
+    Histogram,
+    MemberSpec,
+    WorkerPlan,
+    encode_message,
+    parse_chat_line,
+)
 
-__all__ = ["MemberSpec", "WorkerPlan", "worker_main"]
+__all__ = ["NOT_PROBE", "PROBE", "WINDOW_PROBE", "MemberSpec", "WorkerPlan", "worker_main"]
 
 LOGIN, READY, SYNC, COUNTING, CLOSED = range(5)
-NOT_PROBE, PROBE, WINDOW_PROBE = range(3)
+
+#: Largest datagram the tool sends (the server's own datagram size).
+MAX_DATAGRAM = 1200
+#: UDP: seconds without an answer after which a login or sync step is sent again.
+RETRY_SECONDS = 1.0
+#: UDP: seconds a saturation window may stand still before it is taken as lost.
+WINDOW_STALL_SECONDS = 1.0
+#: UDP: seconds without any new line after which draining stops early.
+UDP_DRAIN_QUIET_SECONDS = 0.5
 
 _BUF = bytearray(256 * 1024)
 _VIEW = memoryview(_BUF)
-_ERROR_SAMPLES = 5
 _PROGRESS_SECONDS = 0.5
+_UPKEEP_SECONDS = 0.1
+#: The first UDP datagram: a blank line padded to 64 bytes (buys the server's first reply).
+_UDP_PROBE = b" " * 63 + b"\n"
+_TOKEN = re.compile(rb"send /verify (\S+)")
+_KEEPALIVE = b"/ping keepalive\n"
 
 
 class Stopped(Exception):
     """The coordinator said stop (or went away)."""
 
 
-@dataclass(frozen=True, slots=True)
-class MemberSpec:
-    """One member this worker runs."""
-
-    index: int
-    nick: str
-    room: int
-    sender: bool
-    probe: int = NOT_PROBE
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class WorkerPlan:
-    """Everything a worker needs (picklable: it crosses the process boundary)."""
-
-    worker: int
-    host: str
-    port: int
-    loop: str
-    cpu: int | None
-    mode: str
-    rooms: tuple[str, ...]
-    members: tuple[MemberSpec, ...]
-    senders_total: int
-    window: int
-    size: int
-    rate_per_sender: float
-    connect_timeout: float
-    setup_timeout: float
-    drain_timeout: float
-    deadline: float
-    token: str
-    parallel_connects: int = 500
-
-
-@dataclass(slots=True)
-class Errors:
-    """Error counts by kind, with a few sample texts."""
-
-    counts: dict[str, int] = field(default_factory=dict)
-    samples: list[str] = field(default_factory=list)
-
-    def add(self, kind: str, text: str) -> None:
-        self.counts[kind] = self.counts.get(kind, 0) + 1
-        if len(self.samples) < _ERROR_SAMPLES:
-            self.samples.append(f"{kind}: {text}"[:200])
-
-
 class Group:
     """The members of one room in this worker, with their shared counters."""
 
-    __slots__ = ("hi", "hist", "lines", "lo", "local", "name", "room", "senders")
+    __slots__ = ("hi", "hist", "lines", "lo", "local", "name", "room", "senders", "udp_lines")
 
     def __init__(self, room: int, name: str) -> None:
         self.room = room
         self.name = name
         self.lines = 0  # benchmark lines received by the group's members
+        self.udp_lines = 0  # of which by UDP members
         self.local = 0  # members of the room in this worker
         self.senders: dict[int, Sender] = {}
         self.hist = Histogram.empty()
@@ -115,10 +104,12 @@ class Group:
         self.hi = 0
 
 
-class Peer(asyncio.BufferedProtocol):
-    """One member's connection: login, the ping barrier, then counting."""
+class Member:
+    """What TCP and UDP members share: login, the ping barrier, classifying and probing."""
 
-    __slots__ = ("_bol", "_marker", "_tail", "group", "probe", "spec", "state", "transport", "worker")
+    __slots__ = ("_bol", "_marker", "_tail", "group", "probe", "spec", "state", "worker")
+
+    udp = False
 
     def __init__(self, worker: Worker, spec: MemberSpec, group: Group) -> None:
         self.worker = worker
@@ -126,29 +117,27 @@ class Peer(asyncio.BufferedProtocol):
         self.group = group
         self.probe = spec.probe
         self.state = LOGIN
-        self.transport: asyncio.Transport | None = None
         self._marker = f"* {spec.nick} joined {group.name}\n".encode()
         self._tail = b""
         self._bol = True
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def login_lines(self) -> bytes:
+        """The nickname and, outside the lobby, the ``/join``."""
+        login = self.spec.nick + "\n"
+        if self.group.name != "lobby":
+            login += f"/join {self.group.name}\n"
+        return login.encode()
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return _VIEW
+    def send(self, data: bytes) -> None:
+        """Send *data* (whole lines) unless closed."""
+        raise NotImplementedError
 
-    def buffer_updated(self, nbytes: int) -> None:
-        if self.state == COUNTING:
-            buf = _BUF
-            lines = buf.count(b"\n", 0, nbytes)
-            if buf.find(b"*", 0, nbytes) >= 0 or buf.find(b"!", 0, nbytes) >= 0:
-                lines -= self._odd(nbytes)
-            self._bol = buf[nbytes - 1] == 10
-            self.group.lines += lines
-            if self.probe:
-                self._probe(nbytes)
-        elif self.state != READY:
-            self._setup(bytes(_VIEW[:nbytes]))
+    def abort(self) -> None:
+        """Close the connection at once."""
+        raise NotImplementedError
+
+    def _ready(self, ok: bool) -> None:
+        self.worker.member_ready(self, ok)
 
     def _setup(self, chunk: bytes) -> None:
         data = self._tail + chunk
@@ -159,12 +148,15 @@ class Peer(asyncio.BufferedProtocol):
             self._tail = b""
             if self.state == LOGIN:
                 self.state = READY
-                self.worker.member_ready(self, True)
+                self._ready(True)
             else:
                 self.state = COUNTING
                 self._bol = True
                 if rest:  # nothing is expected after the pong; classify it anyway
-                    self.group.lines += rest.count(b"\n") - self._classify(rest)
+                    lines = rest.count(b"\n") - self._classify(rest)
+                    self.group.lines += lines
+                    if self.udp:
+                        self.group.udp_lines += lines
                     self._bol = rest.endswith(b"\n")
                 self.worker.member_synced(self)
             return
@@ -172,24 +164,17 @@ class Peer(asyncio.BufferedProtocol):
             start = data.find(b"! ")
             self.worker.errors.add("login", data[start : data.find(b"\n", start)].decode(errors="replace"))
             self.state = CLOSED
-            if self.transport is not None:
-                self.transport.abort()
-            self.worker.member_ready(self, False)
+            self.abort()
+            self._ready(False)
             return
         self._tail = data[-len(marker) :]
 
     def start_sync(self, token: bytes) -> None:
+        """Send ``/ping TOKEN``; counting starts after its pong."""
         self.state = SYNC
         self._marker = b"*** pong " + token + b"\n"
         self._tail = b""
         self.send(b"/ping " + token + b"\n")
-
-    def send(self, data: bytes) -> None:
-        if self.transport is not None and self.state != CLOSED:
-            self.transport.write(data)
-
-    def _odd(self, nbytes: int) -> int:
-        return self._classify(bytes(_VIEW[:nbytes]))
 
     def _classify(self, data: bytes) -> int:
         """Count (and report) the lines starting in *data* that are not benchmark messages."""
@@ -198,22 +183,25 @@ class Peer(asyncio.BufferedProtocol):
             lines = lines[1:]
         odd = 0
         for line in lines:
-            if line[:1] not in (b"*", b"!"):
+            first = line[:1]
+            if first == b"+" and self.udp and line.startswith(b"+ "):
+                odd += 1  # the continuation of a split line
+                continue
+            if first not in (b"*", b"!"):
                 continue
             odd += 1
-            text = line.decode(errors="replace")
             if line.startswith(b"! "):
-                self.worker.errors.add("server-error", text)
+                self.worker.errors.add("server-error", line.decode(errors="replace"))
             elif line.startswith(b"*** closing"):
-                self.worker.errors.add("closed-by-server", text)
+                self.worker.errors.add("closed-by-server", line.decode(errors="replace"))
             elif b" left " in line:
-                self.worker.errors.add("member-left", text)
-            else:
+                self.worker.errors.add("member-left", line.decode(errors="replace"))
+            elif not line.startswith(b"*** pong "):  # keepalive pongs are expected
                 self.worker.other_lines += 1
         return odd
 
-    def _probe(self, nbytes: int) -> None:
-        data = self._tail + bytes(_VIEW[:nbytes])
+    def _probe(self, chunk: bytes) -> None:
+        data = self._tail + chunk
         lines = data.split(b"\n")
         self._tail = lines.pop()
         now = time.monotonic_ns()
@@ -236,29 +224,161 @@ class Peer(asyncio.BufferedProtocol):
         for owner in acked:
             owner.pump()
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def _lost(self, kind: str, exc: Exception | None) -> None:
         state, self.state = self.state, CLOSED
         if state == CLOSED or self.worker.closing:
             return
-        self.worker.errors.add("connection-lost", f"{self.spec.nick}: {exc or 'closed by server'}")
+        self.worker.errors.add(kind, f"{self.spec.nick}: {exc or 'closed by server'}")
         if state == LOGIN:
-            self.worker.member_ready(self, False)
+            self._ready(False)
         elif state == SYNC:
             self.worker.member_synced(self)
+
+
+class TcpPeer(Member, asyncio.BufferedProtocol):
+    """One TCP member: reads into the worker's shared buffer."""
+
+    __slots__ = ("transport",)
+
+    def __init__(self, worker: Worker, spec: MemberSpec, group: Group) -> None:
+        super().__init__(worker, spec, group)
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _VIEW
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.state == COUNTING:
+            buf = _BUF
+            lines = buf.count(b"\n", 0, nbytes)
+            if buf.find(b"*", 0, nbytes) >= 0 or buf.find(b"!", 0, nbytes) >= 0:
+                lines -= self._classify(bytes(_VIEW[:nbytes]))
+            self._bol = buf[nbytes - 1] == 10
+            self.group.lines += lines
+            if self.probe:
+                self._probe(bytes(_VIEW[:nbytes]))
+        elif self.state != READY:
+            self._setup(bytes(_VIEW[:nbytes]))
+
+    def send(self, data: bytes) -> None:
+        if self.transport is not None and self.state != CLOSED:
+            self.transport.write(data)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost("connection-lost", exc)
+
+
+class UdpPeer(Member, asyncio.DatagramProtocol):
+    """One UDP member on its own connected socket: verifies its address, then counts."""
+
+    __slots__ = ("logged_in", "pending", "sent_at", "transport")
+
+    udp = True
+
+    def __init__(self, worker: Worker, spec: MemberSpec, group: Group) -> None:
+        super().__init__(worker, spec, group)
+        self.transport: asyncio.DatagramTransport | None = None
+        #: What to send again if no answer comes (login and sync steps).
+        self.pending = _UDP_PROBE
+        self.sent_at = 0.0
+        #: Set when the login ends (either way): bounds the logins in progress.
+        self.logged_in = asyncio.Event()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if self.state == COUNTING:
+            lines = data.count(b"\n")
+            if b"*" in data or b"!" in data or b"+" in data:
+                lines -= self._classify(data)
+            group = self.group
+            group.lines += lines
+            group.udp_lines += lines
+            if self.probe:
+                self._probe(data)
+        elif self.state == LOGIN:
+            if self.pending is _UDP_PROBE:
+                token = _TOKEN.search(data)
+                if token is not None:
+                    self.pending = b"/verify " + token[1] + b"\n" + self.login_lines()
+                    self.send(self.pending)
+            self._setup(data)
+        elif self.state == SYNC:
+            self._setup(data)
+
+    def start_sync(self, token: bytes) -> None:
+        super().start_sync(token)
+        self.pending = b"/ping " + token + b"\n"
+
+    def retry(self, now: float) -> bool:
+        """Send the pending login or sync step again if unanswered for long; return whether sent."""
+        if self.state in (LOGIN, SYNC) and now - self.sent_at >= RETRY_SECONDS:
+            self.send(self.pending)
+            return True
+        return False
+
+    def send(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or self.state == CLOSED:
+            return
+        self.sent_at = time.monotonic()
+        while len(data) > MAX_DATAGRAM:  # whole lines, as many as fit (a longer line alone)
+            cut = data.rfind(b"\n", 0, MAX_DATAGRAM) + 1 or data.find(b"\n") + 1 or len(data)
+            transport.sendto(data[:cut])
+            data = data[cut:]
+        if data:
+            transport.sendto(data)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _ready(self, ok: bool) -> None:
+        self.logged_in.set()
+        super()._ready(ok)
+
+    def error_received(self, exc: Exception) -> None:
+        self.worker.errors.add("udp-error", f"{self.spec.nick}: {exc}")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost("connection-lost", exc)
 
 
 class Sender:
     """The sending side of a member: saturation window or fixed-rate schedule."""
 
-    __slots__ = ("acked", "index", "interval", "peer", "phase", "running", "seq", "size", "t0", "window")
+    __slots__ = (
+        "acked",
+        "checked",
+        "index",
+        "interval",
+        "peer",
+        "phase",
+        "resets",
+        "running",
+        "seq",
+        "size",
+        "t0",
+        "window",
+    )
 
-    def __init__(self, peer: Peer, *, window: int, size: int, rate: float, senders_total: int) -> None:
+    def __init__(self, peer: Member, *, window: int, size: int, rate: float, senders_total: int) -> None:
         self.peer = peer
         self.index = peer.spec.index
         self.window = window
         self.size = size
         self.seq = 0  # last sequence number sent
         self.acked = 0  # highest sequence number the window probe has seen
+        self.checked = -1  # acked at the last stall check
+        self.resets = 0  # windows taken as lost (UDP)
         self.running = False
         self.t0 = 0
         self.interval = int(1e9 / rate) if rate > 0 else 0
@@ -277,6 +397,14 @@ class Sender:
         index, size = self.index, self.size
         self.peer.send(b"".join([encode_message(index, seq, now, size) for seq in range(first, limit + 1)]))
         self.seq = limit
+
+    def check_stall(self) -> None:
+        """Saturation over UDP: a window that has not moved since the last check is lost; reopen it."""
+        if self.running and self.seq > self.acked and self.acked == self.checked:
+            self.acked = self.seq
+            self.resets += 1
+            self.pump()
+        self.checked = self.acked
 
     def send_due(self, now: int, end: int) -> int:
         """Fixed rate: send the messages scheduled up to *now* (stamped with their schedule).
@@ -310,8 +438,10 @@ class Worker:
         self.other_lines = 0
         self.closing = False
         self.groups = {r: Group(r, name) for r, name in enumerate(plan.rooms)}
-        self.peers: list[Peer] = []
+        self.peers: list[Member] = []
+        self.udp_peers: list[UdpPeer] = []
         self.senders: list[Sender] = []
+        self.udp_retries = 0
         self._waiting = 0
         self._done: asyncio.Event | None = None
         self._inbox: asyncio.Queue[tuple[Any, ...] | None] | None = None
@@ -338,10 +468,10 @@ class Worker:
     def _tell(self, *message: Any) -> None:
         self.conn.send(message)
 
-    def member_ready(self, peer: Peer, ok: bool) -> None:
+    def member_ready(self, peer: Member | None, ok: bool) -> None:
         self._count_down()
 
-    def member_synced(self, peer: Peer) -> None:
+    def member_synced(self, peer: Member) -> None:
         self._count_down()
 
     def _count_down(self) -> None:
@@ -368,16 +498,42 @@ class Worker:
         self._inbox = asyncio.Queue()
         loop.add_reader(self.conn.fileno(), self._on_pipe)
         self._tell("up", os.getpid())
+        upkeep = asyncio.create_task(self._upkeep())
         try:
             async with asyncio.timeout(self.plan.deadline):
                 await self._phases()
         finally:
             self.closing = True
+            upkeep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await upkeep
             loop.remove_reader(self.conn.fileno())
+            for udp_peer in self.udp_peers:
+                udp_peer.send(b"/quit\n")  # UDP has no end of stream: say goodbye
             for peer in self.peers:
-                if peer.transport is not None:
-                    peer.transport.abort()
+                peer.abort()
             await asyncio.sleep(0)
+
+    async def _upkeep(self) -> None:
+        """UDP only: resend unanswered login and sync steps, keep members alive, reopen lost windows."""
+        keepalive = stall = time.monotonic()
+        while True:
+            await asyncio.sleep(_UPKEEP_SECONDS)
+            if not self.udp_peers:
+                continue
+            now = time.monotonic()
+            for peer in self.udp_peers:
+                if peer.retry(now):
+                    self.udp_retries += 1
+            if now - keepalive >= self.plan.keepalive:
+                keepalive = now
+                for peer in self.udp_peers:
+                    if peer.state in (READY, COUNTING):
+                        peer.send(_KEEPALIVE)
+            if self.plan.mode == "saturation" and now - stall >= WINDOW_STALL_SECONDS:
+                stall = now
+                for sender in self.senders:
+                    sender.check_stall()
 
     async def _phases(self) -> None:
         plan = self.plan
@@ -416,7 +572,7 @@ class Worker:
         cpu = (_cpu_seconds() - cpu_warm) / max(1e-9, (te - tw) / 1e9)
         self._tell("sent", per_room)
         _, expected_rooms = await self._expect("expect")
-        expected = await self._drain(expected_rooms)
+        expected, expected_udp = await self._drain(expected_rooms)
         hist = Histogram.empty()
         for group in self.groups.values():
             hist.merge(group.hist)
@@ -429,6 +585,10 @@ class Worker:
                 "messages": sent_end,
                 "deliveries": received,
                 "expected": expected,
+                "deliveries_udp": sum(g.udp_lines for g in self.groups.values()),
+                "expected_udp": expected_udp,
+                "window_resets": sum(s.resets for s in self.senders),
+                "udp_retries": self.udp_retries,
                 "cpu": cpu,
                 "hist": hist,
                 "other_lines": self.other_lines,
@@ -444,25 +604,56 @@ class Worker:
         plan = self.plan
         loop = asyncio.get_running_loop()
         limit = asyncio.Semaphore(plan.parallel_connects)
+        udp_limit = asyncio.Semaphore(plan.parallel_udp_logins)
+        udp_addresses = [await _resolve(loop, host, port) for host, port in plan.udp_nodes]
 
-        async def connect(spec: MemberSpec) -> None:
-            group = self.groups[spec.room]
-            peer = Peer(self, spec, group)
+        async def connect_tcp(spec: MemberSpec, group: Group) -> Member | None:
+            host, port = plan.tcp_nodes[spec.node]
+            peer = TcpPeer(self, spec, group)
             async with limit:
                 try:
                     async with asyncio.timeout(plan.connect_timeout):
-                        await loop.create_connection(lambda: peer, plan.host, plan.port)
+                        await loop.create_connection(lambda: peer, host, port)
                 except (OSError, TimeoutError) as exc:
-                    self.errors.add("connect", f"{plan.host}:{plan.port}: {exc or 'timed out'}")
-                    peer.state = CLOSED
-                    self.member_ready(peer, False)
-                    return
+                    self.errors.add("connect", f"{host}:{port}: {exc or 'timed out'}")
+                    return None
             self.peers.append(peer)
+            peer.send(peer.login_lines())
+            return peer
+
+        async def connect_udp(spec: MemberSpec, group: Group) -> Member | None:
+            family, address = udp_addresses[spec.node]
+            peer = UdpPeer(self, spec, group)
+            await udp_limit.acquire()
+            try:
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, plan.udp_rcvbuf)
+                    sock.setblocking(False)
+                    sock.connect(address)
+                    await loop.create_datagram_endpoint(lambda: peer, sock=sock)
+                except OSError as exc:
+                    sock.close()
+                    self.errors.add("connect", f"udp {address[0]}:{address[1]}: {exc}")
+                    return None
+                self.peers.append(peer)
+                self.udp_peers.append(peer)
+                peer.send(peer.pending)
+                # Hold the slot until this login ends (or the setup timeout, counted elsewhere).
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(plan.setup_timeout):
+                        await peer.logged_in.wait()
+            finally:
+                udp_limit.release()
+            return peer
+
+        async def connect(spec: MemberSpec) -> None:
+            group = self.groups[spec.room]
+            peer = await (connect_udp if spec.udp else connect_tcp)(spec, group)
+            if peer is None:
+                self.member_ready(None, False)
+                return
             group.local += 1
-            login = spec.nick + "\n"
-            if group.name != "lobby":
-                login += f"/join {group.name}\n"
-            peer.send(login.encode())
             if spec.sender:
                 sender = Sender(
                     peer,
@@ -521,23 +712,44 @@ class Worker:
             await asyncio.sleep(_PROGRESS_SECONDS)
             self._tell("progress", sum(g.lines for g in self.groups.values()), sum(s.seq for s in self.senders))
 
-    async def _drain(self, room_messages: list[int]) -> int:
-        """Wait until every member got every message of its room; return the lines expected."""
-        own = [0] * len(self.plan.rooms)
+    async def _drain(self, room_messages: list[int]) -> tuple[int, int]:
+        """Wait until every member got every message of its room; return the lines expected (all, UDP).
+
+        TCP lines cannot be lost, so draining waits for them up to the
+        drain timeout; UDP lines can, so once only UDP lines are missing it
+        stops after :data:`UDP_DRAIN_QUIET_SECONDS` without a new one.
+        """
+        own = {(False, r): 0 for r in range(len(self.plan.rooms))} | {(True, r): 0 for r in range(len(self.plan.rooms))}
         for sender in self.senders:
-            own[sender.peer.spec.room] += sender.seq
-        expected = {
-            g.room: room_messages[g.room] * sum(1 for p in self.peers if p.group is g and p.state == COUNTING)
-            - own[g.room]
-            for g in self.groups.values()
-        }
-        total = sum(expected.values())
+            own[sender.peer.udp, sender.peer.spec.room] += sender.seq
+        counting = {key: 0 for key in own}
+        for peer in self.peers:
+            if peer.state == COUNTING:
+                counting[peer.udp, peer.spec.room] += 1
+        expected = {key: room_messages[key[1]] * counting[key] - own[key] for key in own}
+        groups = list(self.groups.values())
         deadline = time.monotonic() + self.plan.drain_timeout
-        while time.monotonic() < deadline:
-            if all(g.lines >= expected[g.room] for g in self.groups.values()):
+        seen, quiet_since = -1, time.monotonic()
+        while (now := time.monotonic()) < deadline:
+            tcp_done = all(g.lines - g.udp_lines >= expected[False, g.room] for g in groups)
+            if tcp_done and all(g.udp_lines >= expected[True, g.room] for g in groups):
+                break
+            lines = sum(g.lines for g in groups)
+            if lines != seen:
+                seen, quiet_since = lines, now
+            elif tcp_done and now - quiet_since >= UDP_DRAIN_QUIET_SECONDS:
                 break
             await asyncio.sleep(0.01)
-        return total
+        return sum(expected.values()), sum(n for (udp, _), n in expected.items() if udp)
+
+
+async def _resolve(loop: asyncio.AbstractEventLoop, host: str, port: int) -> tuple[int, Any]:
+    """The address family and socket address of a UDP node."""
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    if not infos:
+        raise OSError(f"cannot resolve {host}:{port}")
+    family, _, _, _, address = infos[0]
+    return family, address
 
 
 def _cpu_seconds() -> float:

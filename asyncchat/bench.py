@@ -75,8 +75,40 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1", help="server address")
-    parser.add_argument("--port", type=int, default=8080, help="server TCP port")
-    parser.add_argument("--transport", choices=["tcp"], default="tcp", help="how members connect")
+    parser.add_argument("--port", type=int, default=8080, help="server port (TCP; UDP with --transport udp)")
+    parser.add_argument("--udp-port", type=int, default=None, help="server UDP port (needed for --transport mixed)")
+    parser.add_argument(
+        "--transport",
+        choices=["tcp", "udp", "mixed"],
+        default="tcp",
+        help="how members connect (mixed: even-numbered members TCP, odd ones UDP)",
+    )
+    parser.add_argument(
+        "--node",
+        action="append",
+        default=None,
+        metavar="HOST:PORT",
+        help="a server node (repeat for several; replaces --host/--port): senders use the first, "
+        "receivers are spread round-robin over all",
+    )
+    parser.add_argument(
+        "--udp-node",
+        action="append",
+        default=None,
+        metavar="HOST:PORT",
+        help="the UDP address of each --node, in the same order (mixed mode; replaces --udp-port)",
+    )
+    parser.add_argument(
+        "--max-loss",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="UDP: fraction of expected UDP deliveries that may be lost without exit status 1 (TCP loss always fails)",
+    )
+    parser.add_argument(
+        "--udp-rcvbuf", type=int, default=1 << 20, metavar="BYTES", help="UDP: SO_RCVBUF of each member socket"
+    )
+    parser.add_argument("--keepalive", type=float, default=30.0, help="UDP: seconds between keepalive /ping lines")
     parser.add_argument("--mode", choices=["saturation", "rate", "idle"], default="saturation")
     parser.add_argument("--members", type=int, default=100, help="members in total (senders included)")
     parser.add_argument("--senders", type=int, default=1, help="members that also send")
@@ -121,18 +153,68 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error("--rate must be positive")
     if args.duration <= 0 or args.warmup < 0:
         parser.error("--duration must be positive and --warmup not negative")
+    if not 0 <= args.max_loss <= 1:
+        parser.error("--max-loss must be a fraction between 0 and 1")
+    if args.keepalive <= 0 or args.udp_rcvbuf < 1:
+        parser.error("--keepalive and --udp-rcvbuf must be positive")
+    try:
+        tcp_nodes, udp_nodes = nodes(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.transport != "tcp" and not udp_nodes:
+        parser.error("--transport mixed needs --udp-port (or --udp-node)")
+    if args.transport == "mixed" and len(udp_nodes) != len(tcp_nodes):
+        parser.error(f"{len(tcp_nodes)} --node but {len(udp_nodes)} --udp-node: give one UDP address per node")
+
+
+def _endpoint(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def nodes(args: argparse.Namespace) -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, int], ...]]:
+    """The ``(host, port)`` of each node for TCP members and for UDP members.
+
+    Without ``--node``: one node, ``--host``/``--port``.  Over UDP only,
+    ``--node``/``--port`` are UDP addresses (``--udp-node``/``--udp-port``
+    take precedence); in mixed mode the UDP addresses come from
+    ``--udp-node`` or ``--udp-port`` (on each node's host).  Raises
+    :class:`ValueError` for a malformed address.
+    """
+    tcp = tuple(_endpoint(n) for n in args.node) if args.node else ((args.host, args.port),)
+    if args.udp_node:
+        udp = tuple(_endpoint(n) for n in args.udp_node)
+    elif args.udp_port is not None:
+        udp = tuple((host, args.udp_port) for host, _ in tcp)
+    elif args.transport == "udp":
+        udp = tcp
+    else:
+        udp = ()
+    return tcp, udp
 
 
 def make_plans(args: argparse.Namespace, token: str) -> list[WorkerPlan]:
     """Split the members over the workers: room ``i % rooms``, worker ``i % workers``.
 
-    Member *i* is a sender if ``i < senders``.  In each worker, the
-    non-senders of each room include up to ``--probes`` latency probes, evenly
-    spaced; the last one is the window probe of that room's senders there.
-    Raises :class:`ValueError` if a sender has no receiving member of its room
-    in its own worker (needed for its window).
+    Member *i* is a sender if ``i < senders``.  With ``--transport mixed``,
+    odd-numbered members use UDP, even-numbered ones TCP.  Senders connect to
+    the first node; the receivers (non-senders, in index order) are dealt
+    round-robin over all the nodes, so with several nodes most deliveries
+    cross the bus.  In each worker, the non-senders of each room include up to
+    ``--probes`` latency probes, evenly spaced; one of them (the first or last
+    receiver, by ``--window-probe``, preferring TCP receivers in mixed mode)
+    is the window probe of that room's senders there.  Raises
+    :class:`ValueError` if a sender has no receiving member of its room in
+    its own worker (needed for its window).
     """
     senders = 0 if args.mode == "idle" else args.senders
+    tcp_nodes, udp_nodes = nodes(args)
+    node_count = len(tcp_nodes)
+    node = [0 if i < senders else (i - senders) % node_count for i in range(args.members)]
+    udp = [args.transport == "udp" or (args.transport == "mixed" and i % 2 == 1) for i in range(args.members)]
     rooms = tuple("lobby" if r == 0 else f"bench-{token}-{r}" for r in range(args.rooms))
     per_worker: list[list[int]] = [[] for _ in range(args.workers)]
     for i in range(args.members):
@@ -156,13 +238,17 @@ def make_plans(args: argparse.Namespace, token: str) -> list[WorkerPlan]:
                 for k in range(count):  # the last receiver first, then spread towards the first
                     probes[receivers[len(receivers) - 1 - k * len(receivers) // count]] = PROBE
                 if args.mode == "saturation":
-                    probes[receivers[0 if args.window_probe == "first" else -1]] = WINDOW_PROBE
-        members = tuple(MemberSpec(i, f"b{token}m{i}", i % args.rooms, i < senders, probes.get(i, 0)) for i in indices)
+                    reliable = [i for i in receivers if not udp[i]] or receivers
+                    probes[reliable[0 if args.window_probe == "first" else -1]] = WINDOW_PROBE
+        members = tuple(
+            MemberSpec(i, f"b{token}m{i}", i % args.rooms, i < senders, probes.get(i, 0), udp[i], node[i])
+            for i in indices
+        )
         plans.append(
             WorkerPlan(
                 worker=w,
-                host=args.host,
-                port=args.port,
+                tcp_nodes=tcp_nodes,
+                udp_nodes=udp_nodes,
                 loop=args.loop,
                 cpu=args.cpu,
                 mode=args.mode,
@@ -177,6 +263,8 @@ def make_plans(args: argparse.Namespace, token: str) -> list[WorkerPlan]:
                 drain_timeout=args.drain_timeout,
                 deadline=2 * args.setup_timeout + args.warmup + args.duration + args.drain_timeout + 30,
                 token=token,
+                udp_rcvbuf=args.udp_rcvbuf,
+                keepalive=args.keepalive,
             )
         )
     return plans
@@ -344,6 +432,10 @@ class Coordinator:
             hist.merge(r["hist"])
         deliveries = sum(r["deliveries"] for r in results)
         expected = sum(r["expected"] for r in results)
+        udp_deliveries = sum(r["deliveries_udp"] for r in results)
+        udp_expected = sum(r["expected_udp"] for r in results)
+        tcp_loss = max(0, expected - udp_expected - (deliveries - udp_deliveries))
+        udp_loss = max(0, udp_expected - udp_deliveries)
         cpu = [round(r["cpu"], 3) for r in results]
         result.update(
             messages=sum(r["messages"] for r in results),
@@ -351,7 +443,17 @@ class Coordinator:
             deliveries=deliveries,
             deliveries_per_s=round(sum(r["window_deliveries"] for r in results) / args.duration, 1),
             expected=expected,
-            loss=max(0, expected - deliveries),
+            loss=tcp_loss + udp_loss,
+            loss_by_transport={"tcp": tcp_loss, "udp": udp_loss},
+            loss_fraction=round((tcp_loss + udp_loss) / expected, 6) if expected else 0.0,
+            udp={
+                "deliveries": udp_deliveries,
+                "expected": udp_expected,
+                "loss": udp_loss,
+                "loss_fraction": round(udp_loss / udp_expected, 6) if udp_expected else 0.0,
+                "window_resets": sum(r["window_resets"] for r in results),
+                "retries": sum(r["udp_retries"] for r in results),
+            },
             extra=max(0, deliveries - expected),
             latency_ms=_latency(hist),
             errors=errors,
@@ -366,6 +468,7 @@ class Coordinator:
 _CONFIG_KEYS = (
     "host",
     "port",
+    "udp_port",
     "transport",
     "mode",
     "members",
@@ -377,6 +480,7 @@ _CONFIG_KEYS = (
     "window",
     "size",
     "workers",
+    "max_loss",
 )
 
 
@@ -413,7 +517,8 @@ def describe(result: dict[str, Any]) -> str:
     lines = [
         f"asyncchat bench: {c['mode']} mode, {c['transport']}, {c['members']} members"
         + (f" ({c['senders']} senders)" if c["mode"] != "idle" else "")
-        + f" in {c['rooms']} room(s), {c['workers']} worker(s), {c['loop']} loop, {c['host']}:{c['port']}",
+        + f" in {c['rooms']} room(s), {c['workers']} worker(s), {c['loop']} loop",
+        "nodes:      " + ", ".join([f"tcp {n}" for n in c["nodes"]] + [f"udp {n}" for n in c["udp_nodes"]]),
         f"login:      {result['logged_in']} of {c['members']} members in {result['login_seconds']:.3f} s",
     ]
     if c["mode"] != "idle":
@@ -427,6 +532,13 @@ def describe(result: dict[str, Any]) -> str:
             f"loss:       {result['loss']:,} of {result['expected']:,} expected deliveries"
             + (f" ({result['extra']:,} unexpected extra)" if result["extra"] else ""),
         ]
+        udp = result["udp"]
+        if c["transport"] != "tcp":
+            lines.append(
+                f"udp:        {udp['loss']:,} of {udp['expected']:,} UDP deliveries lost "
+                f"({100 * udp['loss_fraction']:.3f}%, allowed {100 * c['max_loss']:.3f}%), "
+                f"{udp['window_resets']} windows reopened, {udp['retries']} login/sync steps resent"
+            )
         gen = result["generator"]
         cpu = ", ".join(f"{100 * x:.0f}%" for x in gen["cpu"])
         note = "  <- SATURATED: the generator may be the limit; add --workers" if gen["saturated"] else ""
@@ -472,13 +584,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         coordinator.stop()
     config = {key: getattr(args, key) for key in _CONFIG_KEYS}
     config["loop"] = _loop_name(args.loop)
+    tcp_nodes, udp_nodes = nodes(args)
+    config["nodes"] = [f"{host}:{port}" for host, port in tcp_nodes] if args.transport != "udp" else []
+    config["udp_nodes"] = [f"{host}:{port}" for host, port in udp_nodes] if args.transport != "tcp" else []
     result["config"] = config
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
         print(describe(result))
-    failed = result["logged_in"] < args.members or result.get("loss", 0) or result["errors"]
-    return 1 if failed else 0
+    return 1 if failed(result, args) else 0
+
+
+def failed(result: dict[str, Any], args: argparse.Namespace) -> bool:
+    """The exit status rule: a member not logged in, an error, any TCP loss, or UDP loss over ``--max-loss``."""
+    if result["logged_in"] < args.members or result["errors"]:
+        return True
+    if args.mode == "idle":
+        return False
+    return bool(result["loss_by_transport"]["tcp"]) or result["udp"]["loss_fraction"] > args.max_loss
 
 
 if __name__ == "__main__":

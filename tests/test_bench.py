@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from asyncchat import Hub, Limits
+from asyncchat import Hub, InProcessNetwork, Limits
 from asyncchat._bench_stats import (
     MIN_SIZE,
     Histogram,
@@ -21,8 +21,9 @@ from asyncchat._bench_stats import (
     read_rss_bytes,
 )
 from asyncchat._bench_worker import NOT_PROBE, PROBE, WINDOW_PROBE
-from asyncchat.bench import build_parser, make_plans
+from asyncchat.bench import build_parser, main, make_plans
 from asyncchat.tcp import serve_tcp
+from asyncchat.udp import serve_udp
 
 BENCH_LIMITS = Limits(
     max_per_ip=100_000,
@@ -132,6 +133,49 @@ def test_rate_mode_has_no_window_probes() -> None:
     assert plans[0].rate_per_sender == 50
 
 
+def test_mixed_members_alternate_and_the_window_probe_is_tcp() -> None:
+    plans = make_plans(_args("--transport", "mixed", "--udp-port", "9", "--members", "10", "--senders", "2"), "t4")
+    members = plans[0].members
+    assert [m.udp for m in members] == [i % 2 == 1 for i in range(10)]
+    window = [m for m in members if m.probe == WINDOW_PROBE]
+    assert len(window) == 1
+    assert not window[0].udp  # the reliable transport paces the senders
+    assert window[0].index == 8  # the last TCP receiver
+    assert plans[0].tcp_nodes == (("127.0.0.1", 8080),)
+    assert plans[0].udp_nodes == (("127.0.0.1", 9),)
+
+
+def test_udp_transport_uses_the_port_as_udp_address() -> None:
+    plans = make_plans(_args("--transport", "udp", "--port", "7001", "--members", "4"), "t5")
+    assert all(m.udp for m in plans[0].members)
+    assert plans[0].udp_nodes == (("127.0.0.1", 7001),)
+
+
+def test_senders_use_the_first_node_and_receivers_all_nodes() -> None:
+    argv = ["--members", "11", "--senders", "3", "--workers", "2"]
+    argv += ["--node", "127.0.0.1:7001", "--node", "[::1]:7002", "--node", "localhost:7003"]
+    plans = make_plans(_args(*argv), "t6")
+    assert plans[0].tcp_nodes == (("127.0.0.1", 7001), ("::1", 7002), ("localhost", 7003))
+    specs = sorted((m for plan in plans for m in plan.members), key=lambda m: m.index)
+    assert [m.node for m in specs] == [0, 0, 0, 0, 1, 2, 0, 1, 2, 0, 1]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--transport", "mixed"],  # no UDP address
+        ["--node", "127.0.0.1"],  # no port
+        ["--transport", "mixed", "--node", "h:1", "--node", "h:2", "--udp-node", "h:3"],  # one UDP node short
+        ["--max-loss", "2"],
+    ],
+)
+def test_bad_node_options_are_refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
 def test_a_sender_without_a_local_receiver_is_refused() -> None:
     with pytest.raises(ValueError, match="has no receiver"):
         make_plans(_args("--members", "3", "--senders", "2", "--workers", "2"), "t2")
@@ -187,9 +231,9 @@ async def test_bench_delivers_every_message(mode_args: tuple[str, ...]) -> None:
             "--senders",
             "2",
             "--duration",
-            "1",
+            "0.5",
             "--warmup",
-            "0.2",
+            "0.1",
             "--server-pid",
             str(os.getpid()),
             *mode_args,
@@ -234,7 +278,7 @@ async def test_bench_with_workers_and_rooms() -> None:
             "--workers",
             "2",
             "--duration",
-            "1",
+            "0.5",
             "--warmup",
             "0",
         )
@@ -290,3 +334,75 @@ def test_window_probe_is_the_first_or_last_receiver(choice: str, position: int) 
     assert receivers[position].probe == WINDOW_PROBE
     assert [m.probe for m in receivers].count(WINDOW_PROBE) == 1
     assert receivers[-1].probe != NOT_PROBE  # the last to join is always a latency probe
+
+
+# ------------------------------------------------------ UDP, mixed, nodes
+
+SHORT = ("--duration", "0.5", "--warmup", "0.1", "--drain-timeout", "3")
+
+
+def _check_result(code: int, result: dict[str, Any], err: str, *, members: int) -> None:
+    assert code == 0, (err, {k: v for k, v in result.items() if k != "config"})
+    assert result["logged_in"] == members
+    assert result["counting"] == members
+    assert result["messages"] > 0
+    assert result["deliveries"] > 0
+    assert result["errors"] == {}
+    assert result["loss_by_transport"]["tcp"] == 0
+    assert result["loss"] == result["loss_by_transport"]["udp"]
+    assert result["deliveries"] + result["loss"] == result["expected"]
+    assert set(result["udp"]) == {"deliveries", "expected", "loss", "loss_fraction", "window_resets", "retries"}
+    assert result["latency_ms"]["samples"] > 0
+
+
+async def test_bench_over_udp() -> None:
+    async with serve_udp(Hub(limits=BENCH_LIMITS), port=0) as server:
+        port = server.address[1]
+        code, result, err = await _bench(
+            "--transport", "udp", "--port", str(port), "--members", "20", "--senders", "2",
+            "--window", "8", "--max-loss", "0.5", *SHORT,
+        )  # fmt: skip
+    _check_result(code, result, err, members=20)
+    assert result["config"]["udp_nodes"] == [f"127.0.0.1:{port}"]
+    # Every member is on UDP: one room of 20, each message expected by 19.
+    assert result["udp"]["expected"] == result["expected"] == result["messages"] * 19
+    assert result["udp"]["deliveries"] == result["deliveries"]
+
+
+async def test_bench_mixed_tcp_and_udp_on_one_hub() -> None:
+    hub = Hub(limits=BENCH_LIMITS)
+    async with serve_tcp(hub, port=0) as tcp, serve_udp(hub, port=0) as udp:
+        code, result, err = await _bench(
+            "--transport", "mixed", "--port", str(tcp.address[1]), "--udp-port", str(udp.address[1]),
+            "--mode", "rate", "--rate", "200", "--members", "20", "--senders", "2", "--max-loss", "0.5", *SHORT,
+        )  # fmt: skip
+    _check_result(code, result, err, members=20)
+    # Ten UDP members, one of them a sender: its own lines are not expected back.
+    assert result["expected"] == result["messages"] * 19
+    assert 0 < result["udp"]["expected"] < result["expected"]
+    assert result["udp"]["deliveries"] > 0
+
+
+def _disconnects(hub: Hub) -> int:
+    return sum(hub.statistics().disconnects.values())
+
+
+async def test_bench_over_two_nodes() -> None:
+    network = InProcessNetwork()
+    hub_a, hub_b = Hub(limits=BENCH_LIMITS, bus=network.bus()), Hub(limits=BENCH_LIMITS, bus=network.bus())
+    async with serve_tcp(hub_a, port=0) as a, serve_tcp(hub_b, port=0) as b:
+        nodes = [f"127.0.0.1:{a.address[1]}", f"127.0.0.1:{b.address[1]}"]
+        code, result, err = await _bench(
+            "--node", nodes[0], "--node", nodes[1],
+            "--members", "21", "--senders", "1", "--window", "8", *SHORT,
+        )  # fmt: skip
+        # The 20 receivers are split 10/10; the sender is on node a.  Each
+        # member disconnects once, when the tool exits.
+        async with asyncio.timeout(10):
+            while _disconnects(hub_a) < 11 or _disconnects(hub_b) < 10:
+                await asyncio.sleep(0.01)
+        assert (_disconnects(hub_a), _disconnects(hub_b)) == (11, 10)
+    _check_result(code, result, err, members=21)
+    assert result["loss"] == 0
+    assert result["expected"] == result["messages"] * 20
+    assert result["config"]["nodes"] == nodes

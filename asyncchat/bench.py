@@ -13,6 +13,24 @@ also send.  A sender's own lines are not echoed back, so every message is
 expected by every *other* member of its room: expected deliveries are
 ``messages x (room members - 1)``.
 
+Transports: ``--transport tcp`` (the default), ``udp`` (``--port`` is then
+the UDP port), or ``mixed`` (even-numbered members over TCP, odd-numbered
+over UDP; needs ``--udp-port``), against a server such as::
+
+    python -m asyncchat --port 7000 --udp-port 7001 --max-per-ip 100000 --max-members 100000 \\
+        --rate 1000000 --rate-burst 1000000 --outbox-high-water 8388608 --log-level warning
+
+Each UDP member has its own socket (source port), verifies its address like
+:func:`asyncchat.client.connect_udp`, and pings every ``--keepalive``
+seconds.  UDP loses datagrams when a socket buffer is full: the loss is
+reported per transport, and the exit status is 1 for any TCP loss but for
+UDP loss only above ``--max-loss`` (a fraction, default 0).
+
+Nodes: ``--node HOST:PORT`` (repeatable; ``--udp-node`` gives each node's UDP
+address, in the same order) replaces ``--host``/``--port``.  Senders connect
+to the first node; the receivers are dealt round-robin over all nodes, so
+with two nodes about half the deliveries cross the bus (e.g. Redis).
+
 Modes:
 
 * ``saturation`` — each sender keeps at most ``--window`` messages in

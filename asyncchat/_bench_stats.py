@@ -1,4 +1,4 @@
-"""Pure pieces of the load tool: message format, latency histogram, plans, /proc readers.
+"""Pure pieces of the load tool: message format, latency histogram, plans, pacing, /proc readers.
 
 Nothing here touches the network or the event loop, so it is unit-tested
 directly (``tests/test_bench.py``).
@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 __all__ = [
     "MIN_SIZE",
@@ -25,8 +27,11 @@ __all__ = [
     "PROBE",
     "WINDOW_PROBE",
     "Errors",
+    "Group",
     "Histogram",
     "MemberSpec",
+    "Peer",
+    "Sender",
     "WorkerPlan",
     "encode_message",
     "parse_chat_line",
@@ -235,3 +240,115 @@ def read_cpu_seconds(pid: int) -> float:
     # The command name (field 2) may contain spaces; fields resume after ')'.
     fields = text[text.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+# ------------------------------------------------------------------ pacing
+
+
+class Peer(Protocol):
+    """What a :class:`Sender` needs of its member's connection."""
+
+    @property
+    def spec(self) -> MemberSpec: ...
+
+    @property
+    def state(self) -> int: ...
+
+    @property
+    def udp(self) -> bool: ...
+
+    def send(self, data: bytes) -> None:
+        """Send *data* (whole lines) unless closed."""
+
+
+class Group:
+    """The members of one room in this worker, with their shared counters."""
+
+    __slots__ = ("hi", "hist", "lines", "lo", "local", "name", "room", "senders", "udp_lines")
+
+    def __init__(self, room: int, name: str) -> None:
+        self.room = room
+        self.name = name
+        self.lines = 0  # benchmark lines received by the group's members
+        self.udp_lines = 0  # of which by UDP members
+        self.local = 0  # members of the room in this worker
+        self.senders: dict[int, Sender] = {}
+        self.hist = Histogram.empty()
+        self.lo = 0  # latency is recorded for messages stamped in [lo, hi)
+        self.hi = 0
+
+
+class Sender:
+    """The sending side of a member: saturation window or fixed-rate schedule."""
+
+    __slots__ = (
+        "acked",
+        "checked",
+        "index",
+        "interval",
+        "peer",
+        "phase",
+        "resets",
+        "running",
+        "seq",
+        "size",
+        "t0",
+        "window",
+    )
+
+    def __init__(self, peer: Peer, *, window: int, size: int, rate: float, senders_total: int) -> None:
+        self.peer = peer
+        self.index = peer.spec.index
+        self.window = window
+        self.size = size
+        self.seq = 0  # last sequence number sent
+        self.acked = 0  # highest sequence number the window probe has seen
+        self.checked = -1  # acked at the last stall check
+        self.resets = 0  # windows taken as lost (UDP)
+        self.running = False
+        self.t0 = 0
+        self.interval = int(1e9 / rate) if rate > 0 else 0
+        # Stagger the senders' schedules evenly over one interval.
+        self.phase = self.interval * self.index // max(1, senders_total)
+
+    def pump(self) -> None:
+        """Saturation: send every message the window allows, in one write."""
+        if not self.running:
+            return
+        limit = self.acked + self.window
+        first = self.seq + 1
+        if limit < first:
+            return
+        now = time.monotonic_ns()
+        index, size = self.index, self.size
+        self.peer.send(b"".join([encode_message(index, seq, now, size) for seq in range(first, limit + 1)]))
+        self.seq = limit
+
+    def check_stall(self) -> None:
+        """Saturation over UDP: a window that has not moved since the last check is lost; reopen it."""
+        if self.running and self.seq > self.acked and self.acked == self.checked:
+            self.acked = self.seq
+            self.resets += 1
+            self.pump()
+        self.checked = self.acked
+
+    def send_due(self, now: int, end: int) -> int:
+        """Fixed rate: send the messages scheduled up to *now* (stamped with their schedule).
+
+        Returns the time the next message is due.
+        """
+        base, interval = self.t0 + self.phase, self.interval
+        due = (now - base) // interval + 1  # messages scheduled at or before now
+        limit = min(due, (end - base - 1) // interval + 1)
+        if limit > self.seq:
+            index, size = self.index, self.size
+            self.peer.send(
+                b"".join(
+                    [
+                        encode_message(index, seq, base + (seq - 1) * interval, size)
+                        for seq in range(self.seq + 1, limit + 1)
+                    ]
+                )
+            )
+            self.seq = limit
+        return base + self.seq * interval

@@ -53,10 +53,11 @@ from ._bench_stats import (
     PROBE,
     WINDOW_PROBE,
     Errors,
+    Group,
     Histogram,
     MemberSpec,
+    Sender,
     WorkerPlan,
-    encode_message,
     parse_chat_line,
 )
 
@@ -85,23 +86,6 @@ _KEEPALIVE = b"/ping keepalive\n"
 
 class Stopped(Exception):
     """The coordinator said stop (or went away)."""
-
-
-class Group:
-    """The members of one room in this worker, with their shared counters."""
-
-    __slots__ = ("hi", "hist", "lines", "lo", "local", "name", "room", "senders", "udp_lines")
-
-    def __init__(self, room: int, name: str) -> None:
-        self.room = room
-        self.name = name
-        self.lines = 0  # benchmark lines received by the group's members
-        self.udp_lines = 0  # of which by UDP members
-        self.local = 0  # members of the room in this worker
-        self.senders: dict[int, Sender] = {}
-        self.hist = Histogram.empty()
-        self.lo = 0  # latency is recorded for messages stamped in [lo, hi)
-        self.hi = 0
 
 
 class Member:
@@ -350,82 +334,6 @@ class UdpPeer(Member, asyncio.DatagramProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost("connection-lost", exc)
-
-
-class Sender:
-    """The sending side of a member: saturation window or fixed-rate schedule."""
-
-    __slots__ = (
-        "acked",
-        "checked",
-        "index",
-        "interval",
-        "peer",
-        "phase",
-        "resets",
-        "running",
-        "seq",
-        "size",
-        "t0",
-        "window",
-    )
-
-    def __init__(self, peer: Member, *, window: int, size: int, rate: float, senders_total: int) -> None:
-        self.peer = peer
-        self.index = peer.spec.index
-        self.window = window
-        self.size = size
-        self.seq = 0  # last sequence number sent
-        self.acked = 0  # highest sequence number the window probe has seen
-        self.checked = -1  # acked at the last stall check
-        self.resets = 0  # windows taken as lost (UDP)
-        self.running = False
-        self.t0 = 0
-        self.interval = int(1e9 / rate) if rate > 0 else 0
-        # Stagger the senders' schedules evenly over one interval.
-        self.phase = self.interval * self.index // max(1, senders_total)
-
-    def pump(self) -> None:
-        """Saturation: send every message the window allows, in one write."""
-        if not self.running:
-            return
-        limit = self.acked + self.window
-        first = self.seq + 1
-        if limit < first:
-            return
-        now = time.monotonic_ns()
-        index, size = self.index, self.size
-        self.peer.send(b"".join([encode_message(index, seq, now, size) for seq in range(first, limit + 1)]))
-        self.seq = limit
-
-    def check_stall(self) -> None:
-        """Saturation over UDP: a window that has not moved since the last check is lost; reopen it."""
-        if self.running and self.seq > self.acked and self.acked == self.checked:
-            self.acked = self.seq
-            self.resets += 1
-            self.pump()
-        self.checked = self.acked
-
-    def send_due(self, now: int, end: int) -> int:
-        """Fixed rate: send the messages scheduled up to *now* (stamped with their schedule).
-
-        Returns the time the next message is due.
-        """
-        base, interval = self.t0 + self.phase, self.interval
-        due = (now - base) // interval + 1  # messages scheduled at or before now
-        limit = min(due, (end - base - 1) // interval + 1)
-        if limit > self.seq:
-            index, size = self.index, self.size
-            self.peer.send(
-                b"".join(
-                    [
-                        encode_message(index, seq, base + (seq - 1) * interval, size)
-                        for seq in range(self.seq + 1, limit + 1)
-                    ]
-                )
-            )
-            self.seq = limit
-        return base + self.seq * interval
 
 
 class Worker:

@@ -15,6 +15,8 @@ from asyncchat import Hub, InProcessNetwork, Limits
 from asyncchat._bench_stats import (
     MIN_SIZE,
     Histogram,
+    MemberSpec,
+    Sender,
     encode_message,
     parse_chat_line,
     read_cpu_seconds,
@@ -96,6 +98,44 @@ def test_histogram_merge_and_empty() -> None:
     assert a.percentile(50) == 9
     with pytest.raises(ValueError, match="percentile"):
         a.percentile(0)
+
+
+class _Lines:
+    """A stand-in for a member's connection that keeps what a sender sends."""
+
+    spec = MemberSpec(3, "b3", 0, True)
+    state = 0
+    udp = True
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send(self, data: bytes) -> None:
+        self.sent.append(data)
+
+
+def test_sender_keeps_its_window_and_reopens_a_stalled_one() -> None:
+    peer = _Lines()
+    sender = Sender(peer, window=4, size=MIN_SIZE, rate=0, senders_total=1)
+    sender.pump()
+    assert peer.sent == []  # not running yet
+    sender.running = True
+    sender.pump()
+    fields = [parse_chat_line(b"b3: " + line) for line in peer.sent[0].splitlines()]
+    assert [f[:2] for f in fields if f is not None] == [(3, 1), (3, 2), (3, 3), (3, 4)]  # one write
+    sender.acked = 2  # the window probe saw message 2: two more may go
+    sender.pump()
+    assert sender.seq == 6
+    assert peer.sent[1].count(b"\n") == 2
+    sender.check_stall()  # the window moved since the last check
+    assert sender.resets == 0
+    sender.check_stall()  # ... but not since this one: messages 3 to 6 count as lost
+    assert sender.resets == 1
+    assert sender.acked == 6
+    assert sender.seq == 10
+    sender.running = False
+    sender.check_stall()
+    assert sender.resets == 1
 
 
 def test_proc_readers_see_this_process() -> None:

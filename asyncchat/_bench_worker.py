@@ -5,6 +5,8 @@ and drives it over a pipe, in steps::
 
     parent -> ("login",)             (once every worker process is up)
     worker -> ("ready", info)        every member connected and saw its own join line
+    parent -> ("report",)            idle mode only, after the hold; then "stop"
+    worker -> ("held", info)         members still connected, errors so far
     parent -> ("sync",)              (not in idle mode)
     worker -> ("synced", info)       every member saw the pong of its /ping
     parent -> ("start", t0, tw, te)  monotonic ns: send from t0, measure tw..te
@@ -297,6 +299,13 @@ class UdpPeer(Member, asyncio.DatagramProtocol):
             self._setup(data)
         elif self.state == SYNC:
             self._setup(data)
+        elif data.startswith(b"*** closing") or b"\n*** closing" in data:  # READY: idle mode, or expired
+            start = data.find(b"*** closing")
+            self.state = CLOSED
+            if not self.worker.closing:
+                self.worker.errors.add(
+                    "closed-by-server", data[start : data.find(b"\n", start)].decode(errors="replace")
+                )
 
     def start_sync(self, token: bytes) -> None:
         super().start_sync(token)
@@ -459,6 +468,8 @@ class Worker:
         ready = [p for p in self.peers if p.state == READY]
         self._tell("ready", {"first": first, "last": time.monotonic_ns(), "ready": len(ready), **self._errors()})
         if plan.mode == "idle":
+            await self._expect("report")
+            self._tell("held", {"held": sum(p.state == READY for p in self.peers), **self._errors()})
             await self._expect("stop")
             return
         await self._expect("sync")

@@ -417,12 +417,15 @@ class Coordinator:
             if rss_before is not None and rss_after is not None and logged_in:
                 server["memory_per_member_bytes"] = round((rss_after - rss_before) / logged_in, 1)
         if args.mode == "idle":
-            _merge_errors(errors, samples, ready)
             cpu0 = read_cpu_seconds(pid) if pid else 0.0
             time.sleep(args.duration)
             if server is not None:
                 server["rss_end_bytes"] = read_rss_bytes(pid)
                 server["cpu_percent"] = round(100 * (read_cpu_seconds(pid) - cpu0) / args.duration, 1)
+            self.broadcast("report")
+            held = self.gather("held", 30)
+            result["held"] = sum(h["held"] for h in held)
+            _merge_errors(errors, samples, held)  # running totals: they include the login errors
             result.update(errors=errors, error_samples=samples, server=server)
             return result
         self.broadcast("sync")
@@ -539,6 +542,8 @@ def describe(result: dict[str, Any]) -> str:
         "nodes:      " + ", ".join([f"tcp {n}" for n in c["nodes"]] + [f"udp {n}" for n in c["udp_nodes"]]),
         f"login:      {result['logged_in']} of {c['members']} members in {result['login_seconds']:.3f} s",
     ]
+    if "held" in result:
+        lines.append(f"held:       {result['held']} members still logged in after {c['duration']:g} s")
     if c["mode"] != "idle":
         what = f"window {c['window']}" if c["mode"] == "saturation" else f"rate {c['rate']:g}/s"
         lat = result["latency_ms"]
@@ -618,7 +623,7 @@ def failed(result: dict[str, Any], args: argparse.Namespace) -> bool:
     if result["logged_in"] < args.members or result["errors"]:
         return True
     if args.mode == "idle":
-        return False
+        return bool(result["held"] < args.members)
     return bool(result["loss_by_transport"]["tcp"]) or result["udp"]["loss_fraction"] > args.max_loss
 
 

@@ -271,9 +271,9 @@ async def test_bench_delivers_every_message(mode_args: tuple[str, ...]) -> None:
             "--senders",
             "2",
             "--duration",
-            "0.5",
+            "0.3",
             "--warmup",
-            "0.1",
+            "0",
             "--server-pid",
             str(os.getpid()),
             *mode_args,
@@ -318,7 +318,7 @@ async def test_bench_with_workers_and_rooms() -> None:
             "--workers",
             "2",
             "--duration",
-            "0.5",
+            "0.3",
             "--warmup",
             "0",
         )
@@ -349,6 +349,7 @@ async def test_bench_idle_reports_memory_per_member() -> None:
         assert hub.statistics().disconnects.get("closed", 0) <= 50
     assert code == 0, (err, {k: v for k, v in result.items() if k != "config"})
     assert result["logged_in"] == 50
+    assert result["held"] == 50
     assert result["errors"] == {}
     server_info = result["server"]
     assert server_info["rss_after_login_bytes"] > 0
@@ -378,7 +379,7 @@ def test_window_probe_is_the_first_or_last_receiver(choice: str, position: int) 
 
 # ------------------------------------------------------ UDP, mixed, nodes
 
-SHORT = ("--duration", "0.5", "--warmup", "0.1", "--drain-timeout", "3")
+SHORT = ("--duration", "0.3", "--warmup", "0", "--drain-timeout", "3")
 
 
 def _check_result(code: int, result: dict[str, Any], err: str, *, members: int) -> None:
@@ -446,3 +447,20 @@ async def test_bench_over_two_nodes() -> None:
     assert result["loss"] == 0
     assert result["expected"] == result["messages"] * 20
     assert result["config"]["nodes"] == nodes
+
+
+async def test_bench_idle_over_udp_keeps_members_alive_and_reports_expiry() -> None:
+    limits = Limits(max_per_ip=1000, udp_idle_timeout=0.5)
+    async with serve_udp(Hub(limits=limits), port=0) as server:
+        idle = ("--transport", "udp", "--port", str(server.address[1]), "--mode", "idle", "--members", "5")
+        # Two runs at once: with keepalives, and without (the server's tick runs once a second).
+        (code, result, err), (code2, result2, _) = await asyncio.gather(
+            _bench(*idle, "--duration", "1.8", "--keepalive", "0.2"),
+            _bench(*idle, "--duration", "1.8", "--keepalive", "60"),
+        )
+    assert code == 0, (err, result)
+    assert result["held"] == 5
+    assert code2 == 1
+    assert result2["logged_in"] == 5
+    assert result2["held"] == 0
+    assert result2["errors"] == {"closed-by-server": 5}

@@ -50,6 +50,11 @@ _LIMIT_FLAGS: dict[str, tuple[str, str, str]] = {
     ),
     "max_members": ("--max-members", "N", "members across all transports"),
     "max_per_ip": ("--max-per-ip", "N", "connections (or UDP members) per source IP address"),
+    "presence_max_members": (
+        "--presence-max-members",
+        "N",
+        "largest room that announces every join and leave to everyone (bigger rooms: only to the member itself)",
+    ),
     "max_rooms": ("--max-rooms", "N", "rooms that may exist at once"),
     "login_timeout": ("--login-timeout", "SECONDS", "time a new connection has to choose a nickname"),
     "idle_timeout": ("--idle-timeout", "SECONDS", "silence after which a TCP member is disconnected"),

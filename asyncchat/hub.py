@@ -148,7 +148,7 @@ class Member:
 class Room:
     """A named room: members in join order, recent history, pending batch."""
 
-    __slots__ = ("_batch", "_excluded", "history", "key", "members", "name")
+    __slots__ = ("_batch", "_cursors", "_excluded", "_pieces", "history", "key", "members", "name")
 
     def __init__(self, name: str, history: int) -> None:
         self.name = name
@@ -156,8 +156,12 @@ class Room:
         self.members: dict[Member, None] = {}
         self.history: deque[ChatEvent] = deque(maxlen=history)
         self._batch: list[ChatEvent] = []
+        # The batch encoded with the default encoder, filled as needed: each event is encoded once.
+        self._pieces: list[bytes] = []
         # Batch positions hidden from one member (its own chat lines).
         self._excluded: list[tuple[int, Member]] = []
+        # Members that already hold batch[:n] (they joined, or were caught up, mid-batch).
+        self._cursors: dict[Member, int] = {}
 
     def __repr__(self) -> str:
         return f"<Room {self.name!r} members={len(self.members)}>"
@@ -375,6 +379,8 @@ class Hub:
     def _claim(self, member: Member, nick: str) -> None:
         check_nick(nick)
         key = fold(nick)
+        if key == nick:
+            key = nick  # one string, not two, for an already folded nickname
         owner = self._nicks.get(key)
         if owner is not None and owner is not member:
             raise NameTaken(f"nickname {nick!r} is taken")
@@ -435,12 +441,15 @@ class Hub:
         room = self._room(room_name, create=True)
         if member in room.members:
             raise ProtocolError(f"you are already in {room.name}")
-        self._materialize(room)
+        for other in member.rooms:
+            self._catch_up(member, other)
         for event in room.history:
             self._enqueue(member, member.encoder(event), 1)
         room.members[member] = None
         member.rooms.append(room)
-        self._room_event(room, Joined(member.nick, room.name))
+        if room._batch:  # what the room said before this join is not for this member
+            room._cursors[member] = len(room._batch)
+        self._announce(room, Joined(member.nick, room.name), member)
         self._notify(Joined(member.nick, room.name))
 
     def move(self, member: Member, room_name: str) -> None:
@@ -464,17 +473,17 @@ class Hub:
     def _leave(self, member: Member, room: Room, reason: str, *, tell_member: bool) -> None:
         event = Left(member.nick, room.name, reason)
         if tell_member:
-            self._room_event(room, event)
-            self._materialize(room)
+            self._announce(room, event, member)
+            self._catch_up(member, room)
             del room.members[member]
         else:
-            self._materialize(room)
+            self._catch_up(member, room)
             del room.members[member]
-            self._room_event(room, event)
+            self._announce(room, event, None)
+        room._cursors.pop(member, None)
         member.rooms.remove(room)
         if not room.members and room.key != DEFAULT_ROOM:
-            self._materialize(room)
-            del self._rooms[room.key]
+            del self._rooms[room.key]  # its pending batch has no recipient left
         self._notify(event)
 
     def disconnect(self, member: Member, reason: str = "closed", *, notice: str = "", abort: bool = False) -> None:
@@ -598,8 +607,7 @@ class Hub:
         if member.closed:
             return
         for room in member.rooms:
-            if room._batch:
-                self._materialize(room)
+            self._catch_up(member, room)
         if isinstance(event, Error):
             self._errors_sent += 1
         self._enqueue(member, member.encoder(event), 1)
@@ -626,7 +634,10 @@ class Hub:
             room.history.append(event)
         self._relaying = True
         try:
-            self._room_event(room, event)
+            if isinstance(event, Joined | Left):
+                self._announce(room, event, None)
+            else:
+                self._room_event(room, event)
         finally:
             self._relaying = False
         self._notify(event)
@@ -706,6 +717,23 @@ class Hub:
 
     # ------------------------------------------------------- output machinery
 
+    def _announce(self, room: Room, event: Joined | Left, member: Member | None) -> None:
+        """A join or leave line: the whole room sees it, unless the room is large.
+
+        In a room of more than ``Limits.presence_max_members`` members, only
+        *member* itself (if given and still in the room) sees its own line:
+        announcing every arrival to everyone costs N^2 lines for N members
+        (Twitch's IRC stops sending JOIN/PART above 1,000 chatters for the
+        same reason).  Observers, other nodes and ``/who`` still see it all.
+        """
+        if len(room.members) <= self.limits.presence_max_members:
+            self._room_event(room, event)
+            return
+        if self._cluster is not None and not self._relaying:
+            self._cluster.publish(room.name, event)
+        if member is not None and member in room.members:
+            self.send(member, event)
+
     def _room_event(self, room: Room, event: ChatEvent, exclude: Member | None = None) -> None:
         # Multi-node: every room event produced here is published (not the ones deliver() relays).
         if self._cluster is not None and not self._relaying:
@@ -719,33 +747,86 @@ class Hub:
         batch.append(event)
 
     def _materialize(self, room: Room) -> None:
-        """Move a room's pending batch into its members' outboxes."""
+        """Move a room's pending batch into its members' outboxes.
+
+        The batch is encoded once and joined once, and the same bytes go to
+        every member; a member with its own view of the batch — a cursor
+        because it joined (or was caught up) mid-batch, or its own chat
+        lines to hide — gets a slice of its own.
+        """
         batch = room._batch
         if not batch:
             return
-        room._batch = []
-        excluded = room._excluded
-        room._excluded = []
         members = room.members
-        if not members:
+        if members:
+            cursors = room._cursors
+            hidden: dict[Member, set[int]] = {}
+            for index, member in room._excluded:
+                hidden.setdefault(member, set()).add(index)
+            lines = len(batch)
+            pieces = self._pieces(room)
+            chunk = b"".join(pieces)
+            offsets: list[int] = []
+            enqueue = self._enqueue
+            for member in members:
+                if member.encoder is not encode:
+                    self._slice(member, room, cursors.get(member, 0), hidden.get(member))
+                elif member in hidden:
+                    self._slice(member, room, cursors.get(member, 0), hidden[member])
+                elif member in cursors:
+                    start = cursors[member]
+                    if start < lines:
+                        if not offsets:
+                            offsets = [0, *itertools.accumulate(map(len, pieces))]
+                        enqueue(member, chunk[offsets[start] :], lines - start)
+                else:
+                    enqueue(member, chunk, lines)
+        room._batch = []
+        room._pieces = []
+        if room._excluded:
+            room._excluded = []
+        if room._cursors:
+            room._cursors = {}
+
+    @staticmethod
+    def _pieces(room: Room) -> list[bytes]:
+        """The room's batch encoded with the default encoder (each event encoded once)."""
+        pieces = room._pieces
+        batch = room._batch
+        if len(pieces) < len(batch):
+            pieces.extend(map(encode, batch[len(pieces) :]))
+        return pieces
+
+    def _slice(self, member: Member, room: Room, start: int, skip: set[int] | None) -> None:
+        """Queue the room's ``batch[start:]`` for *member*, without the positions in *skip*."""
+        if member.encoder is encode:
+            pieces = self._pieces(room)
+            if skip:
+                chosen = [piece for i, piece in enumerate(pieces) if i >= start and i not in skip]
+            else:
+                chosen = pieces[start:]
+            if chosen:
+                self._enqueue(member, b"".join(chosen), len(chosen))
             return
-        lines = len(batch)
-        hidden: dict[Member, set[int]] = {}
-        for index, member in excluded:
-            hidden.setdefault(member, set()).add(index)
-        chunks: dict[Encoder, bytes] = {}
-        enqueue = self._enqueue
-        for member in members:
-            if member in hidden:
-                skip = hidden[member]
-                own = [e for i, e in enumerate(batch) if i not in skip]
-                if own:
-                    enqueue(member, b"".join(map(member.encoder, own)), len(own))
-                continue
-            chunk = chunks.get(member.encoder)
-            if chunk is None:
-                chunk = chunks[member.encoder] = b"".join(map(member.encoder, batch))
-            enqueue(member, chunk, lines)
+        events = [event for i, event in enumerate(room._batch) if i >= start and not (skip and i in skip)]
+        if events:
+            self._enqueue(member, b"".join(map(member.encoder, events)), len(events))
+
+    def _catch_up(self, member: Member, room: Room) -> None:
+        """Hand *member* the part of *room*'s batch it does not hold yet, in O(batch).
+
+        Called before a line goes to one member directly and before the
+        member's rooms change, so its outbox keeps the order in which the hub
+        produced everything, without materialising the batch for the whole room.
+        """
+        end = len(room._batch)
+        if not end:
+            return
+        start = room._cursors.get(member, 0)
+        if start < end:
+            skip = {i for i, m in room._excluded if m is member and i >= start}
+            self._slice(member, room, start, skip)
+            room._cursors[member] = end
 
     def _enqueue(self, member: Member, data: bytes, lines: int) -> None:
         if member.closed or member._evicted:
@@ -893,7 +974,7 @@ class Hub:
                 member.rooms.remove(room)
             if room.members:
                 for member in leaving:
-                    self._room_event(room, Left(member.nick, room.name, "server shutting down"))
+                    self._announce(room, Left(member.nick, room.name, "server shutting down"), None)
             elif room.key != DEFAULT_ROOM:
                 del self._rooms[room.key]
         for member in closing:

@@ -47,6 +47,8 @@ class Limits:
     max_members: int = 10_000
     #: Simultaneous connections (or UDP members) from one source IP address.
     max_per_ip: int = 100
+    #: Largest room, in members, that announces every join and leave to everyone.
+    presence_max_members: int = 1_000
     #: Rooms that may exist at once.
     max_rooms: int = 1_000
     #: Seconds a new connection has to choose a valid nickname.

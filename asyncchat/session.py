@@ -73,7 +73,7 @@ class Session:
         # Multi-node: while a nickname claim is in flight (NAMING), input lines
         # are held here (at most Limits.rate_burst) and replayed when it is answered.
         self._naming = False
-        self._held: list[str] = []
+        self._held: list[str] | None = None  # created only when a line must wait
         hub.send(member, greeting())
 
     def __repr__(self) -> str:
@@ -122,6 +122,8 @@ class Session:
     def _line(self, line: str) -> None:
         if self.state is SessionState.NAMING:
             if self._naming:  # a cluster-wide nickname claim is in flight
+                if self._held is None:
+                    self._held = []
                 if len(self._held) >= self.hub.limits.rate_burst:
                     raise ProtocolError("still checking your nickname; line dropped")
                 self._held.append(line)
@@ -160,15 +162,14 @@ class Session:
     def _named(self, ok: bool) -> None:
         """The hub's answer to a login: chat if *ok*, then replay lines held meanwhile."""
         self._naming = False
+        held, self._held = self._held or [], None
         if self.state is SessionState.CLOSED or self.member.closed:
-            self._held.clear()
             return
         if ok:
             self.state = SessionState.CHATTING
-        held, self._held = self._held, []
         for index, line in enumerate(held):
             if self._naming or self.state is SessionState.CLOSED:
-                self._held[:0] = held[index:]
+                self._held = held[index:] + (self._held or [])
                 return
             try:
                 self._line(line)

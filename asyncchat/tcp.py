@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import ssl as ssl_module
+import sys
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, cast
@@ -48,7 +49,7 @@ WRITE_LOW = 16 * 1024
 def _peer_name(peer: Any) -> tuple[str, str]:
     """(display name, ip) of a socket peer address."""
     if isinstance(peer, tuple) and len(peer) >= 2:
-        host, port = peer[0], peer[1]
+        host, port = sys.intern(peer[0]), peer[1]  # interned: many members share an address
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         return shown, host
     return "unix", ""

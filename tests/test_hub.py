@@ -345,3 +345,49 @@ def test_repr_shows_identity_and_state(hub: Hub) -> None:
     alice = Peer(hub, "alice")
     assert repr(alice.member) == f"<Member {alice.member.id} 'alice' test test lobby>"
     assert "CHATTING" in repr(alice.session)
+
+
+def test_joins_and_leaves_within_one_batch_keep_each_members_view_exact(hub: Hub) -> None:
+    """Nothing is flushed between these steps: cursors into the room batch keep each view right."""
+    alice, dave = Peer(hub, "alice"), Peer(hub, "dave")
+    alice.read()
+    dave.read()
+    carol = Peer(hub)
+    bob = Peer(hub)
+    alice.send("/me stretches")  # an action: goes to history too
+    carol.send("carol")
+    dave.send("/join games")  # dave must still get everything said before he left
+    bob.send("bob")
+    alice.send("last")
+    hub.flush()
+    assert carol.sink.lines()[-4:] == ["* carol joined lobby", "* dave left lobby", "* bob joined lobby", "alice: last"]
+    assert bob.sink.lines()[-2:] == ["* bob joined lobby", "alice: last"]
+    assert dave.sink.lines() == [
+        "* alice stretches",
+        "* carol joined lobby",
+        "* dave left lobby",
+        "* dave joined games",
+    ]
+    assert alice.sink.lines() == ["* carol joined lobby", "* dave left lobby", "* bob joined lobby"]
+
+
+def test_large_rooms_do_not_announce_every_join_and_leave() -> None:
+    hub = Hub(limits=Limits(presence_max_members=2, rate_burst=1000, rate_lines_per_second=1000))
+    seen: list[object] = []
+    hub.subscribe(seen.append)
+    alice, bob = Peer(hub, "alice"), Peer(hub, "bob")
+    alice.read()
+    carol = Peer(hub)
+    carol.send("carol")
+    assert carol.read()[-1] == "* carol joined lobby"  # its own line still marks the end of history
+    assert alice.read() == []
+    carol.send("hi", "/who")
+    assert alice.read() == ["carol: hi"]
+    assert carol.read() == ["*** members of lobby (3): alice, bob, carol"]
+    carol.send("/join games")
+    assert carol.read() == ["* carol left lobby", "* carol joined games"]
+    assert alice.read() == []
+    bob.session.connection_lost()  # lobby is back to 1 member: announced again
+    assert alice.read() == ["* bob left lobby (connection closed)"]
+    assert Joined("carol", "lobby") in seen
+    assert Left("carol", "lobby", "") in seen

@@ -1,41 +1,23 @@
-"""The hub: membership registry, rooms, history and the one broadcast routine.
+"""The hub: membership registry, rooms, history, and the chat's actions.
 
-The hub is pure and synchronous: it never awaits and does no I/O.  A member
-is anything with a name, rooms and a :class:`Sink` — a non-blocking place to
-hand outgoing bytes.  TCP connections, UDP peers and in-process bots are all
-members of the same kind, so they share rooms.
-
-How output leaves (the fast path of a chat server is fan-out):
-
-1. A room event (chat line, join, leave, ...) is appended to the room's
-   *batch* in O(1), whatever the number of members.
-2. Once per event-loop iteration :meth:`Hub.flush` runs (the adapter arranges
-   it through the wake-up callback).  Each dirty room's batch is encoded and
-   joined **once** and the same bytes are appended to every member's outbox
-   (members excluded from some lines — their own chat — get their own copy).
-3. Every member with pending output gets exactly one ``sink.write()``: all
-   lines queued for it in that iteration leave in one write.
-
-Order: a room's batch is materialised into its members' outboxes before any
-line is addressed to one of its members directly and before its membership
-changes, so every member sees every line in the order the hub produced it,
-and all members of a room see the room's lines in the same order.
-
-Bounds: a member's outbox is bounded by ``Limits.outbox_high_water``.  A
-member whose transport cannot keep up is *paused* by its adapter; its output
-then stays in the outbox, and when that passes the high-water mark the
-slow-consumer policy applies to that member alone.
+The hub is pure and synchronous: it never awaits and does no I/O.  It keeps
+the members (:mod:`asyncchat.members`), their nicknames and rooms, each room's
+history, and counters; its methods are what a session (or the embedding
+program) does: log in, join, say, send privately, post, leave.  Everything
+it says goes out through the one broadcast routine it inherits from
+:class:`~asyncchat.broadcast.Broadcast` (room batches, bounded outboxes, one
+write per member per flush — read that module for the fast path and the
+ordering rules).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
+from .broadcast import Broadcast
 from .errors import NameTaken, ProtocolError, Refused, UsageError
 from .events import (
     Action,
@@ -49,169 +31,19 @@ from .events import (
     Notice,
     Private,
 )
-from .limits import Limits, SlowConsumerPolicy
-from .protocol import DEFAULT_ROOM, check_nick, check_room, encode, fold, parse
+from .limits import Limits
+from .members import BotSink, HubStatistics, Member, Observer, Room, RoomInfo, Sink
+from .protocol import DEFAULT_ROOM, check_nick, check_room, fold
 
 if TYPE_CHECKING:
-    from .bus import Bus, Cluster
+    from .bus import Bus
 
 __all__ = ["Hub", "HubStatistics", "Member", "RoomInfo", "Sink"]
 
 logger = logging.getLogger("asyncchat.hub")
 
-Encoder = Callable[[ChatEvent], bytes]
-Observer = Callable[[ChatEvent], None]
 
-
-class Sink(Protocol):
-    """The transport side of a member: where its bytes go."""
-
-    def write(self, data: bytes) -> None:
-        """Accept *data* without blocking (the transport buffers or sends it)."""
-
-    def close(self, *, abort: bool = False) -> None:
-        """Close after sending what was written, or at once if *abort*."""
-
-
-class Member:
-    """One participant: a connection, a UDP peer or a bot.
-
-    Created by :meth:`Hub.connect`; named by :meth:`Hub.login`.  Adapters
-    call :meth:`Hub.pause` / :meth:`Hub.resume` when the transport's buffer
-    passes its own marks.
-    """
-
-    __slots__ = (
-        "__weakref__",
-        "_dirty",
-        "_dropped",
-        "_evicted",
-        "_out",
-        "_out_bytes",
-        "_paused",
-        "closed",
-        "connected_at",
-        "encoder",
-        "id",
-        "ip",
-        "key",
-        "kind",
-        "last_seen",
-        "nick",
-        "peer",
-        "rooms",
-        "sink",
-    )
-
-    def __init__(self, member_id: int, sink: Sink, kind: str, peer: str, ip: str, now: float) -> None:
-        self.id = member_id
-        self.sink = sink
-        self.kind = kind
-        self.peer = peer
-        self.ip = ip
-        self.nick = ""
-        self.key = ""
-        self.rooms: list[Room] = []
-        self.encoder: Encoder = encode
-        self.connected_at = now
-        self.last_seen = now
-        self.closed = False
-        self._out: list[bytes] = []
-        self._out_bytes = 0
-        self._paused = False
-        self._dirty = False
-        self._dropped = 0
-        self._evicted = False
-
-    def __repr__(self) -> str:
-        room = self.rooms[0].name if self.rooms else "-"
-        nick = repr(self.nick) if self.nick else "(no nick)"
-        state = " closed" if self.closed else ""
-        return f"<Member {self.id} {nick} {self.kind} {self.peer} {room}{state}>"
-
-    @property
-    def room(self) -> str | None:
-        """The member's current room (the first it joined), or ``None``."""
-        return self.rooms[0].name if self.rooms else None
-
-    @property
-    def logged_in(self) -> bool:
-        """Whether the member has a nickname."""
-        return bool(self.nick)
-
-    @property
-    def pending_bytes(self) -> int:
-        """Bytes queued in the hub for this member and not yet handed to its sink."""
-        return self._out_bytes
-
-
-class Room:
-    """A named room: members in join order, recent history, pending batch."""
-
-    __slots__ = ("_batch", "_cursors", "_excluded", "_pieces", "history", "key", "members", "name")
-
-    def __init__(self, name: str, history: int) -> None:
-        self.name = name
-        self.key = fold(name)
-        self.members: dict[Member, None] = {}
-        self.history: deque[ChatEvent] = deque(maxlen=history)
-        self._batch: list[ChatEvent] = []
-        # The batch encoded with the default encoder, filled as needed: each event is encoded once.
-        self._pieces: list[bytes] = []
-        # Batch positions hidden from one member (its own chat lines).
-        self._excluded: list[tuple[int, Member]] = []
-        # Members that already hold batch[:n] (they joined, or were caught up, mid-batch).
-        self._cursors: dict[Member, int] = {}
-
-    def __repr__(self) -> str:
-        return f"<Room {self.name!r} members={len(self.members)}>"
-
-
-@dataclass(frozen=True, slots=True)
-class RoomInfo:
-    """A room's name and member count, as listed by ``/rooms``."""
-
-    name: str
-    members: int
-
-
-@dataclass(frozen=True, slots=True)
-class HubStatistics:
-    """Counters of one hub since it was created (see :meth:`Hub.statistics`)."""
-
-    members: int
-    logged_in: int
-    rooms: int
-    lines_in: int
-    bytes_in: int
-    lines_out: int
-    bytes_out: int
-    lines_dropped: int
-    errors_sent: int
-    rate_limited: int
-    disconnects: dict[str, int] = field(default_factory=dict)
-    refused: dict[str, int] = field(default_factory=dict)
-
-
-class _BotSink:
-    """A sink that parses lines back into events for an in-process callback."""
-
-    __slots__ = ("_on_event",)
-
-    def __init__(self, on_event: Observer | None) -> None:
-        self._on_event = on_event
-
-    def write(self, data: bytes) -> None:
-        if self._on_event is None:
-            return
-        for line in data.decode().splitlines():
-            self._on_event(parse(line))
-
-    def close(self, *, abort: bool = False) -> None:
-        self._on_event = None
-
-
-class Hub:
+class Hub(Broadcast):
     """Membership registry and broadcast routine shared by every transport.
 
     All methods are synchronous and never block.  Methods that act for a
@@ -221,12 +53,8 @@ class Hub:
     """
 
     def __init__(self, *, limits: Limits | None = None, name: str = "asyncchat", bus: Bus | None = None) -> None:
-        self.limits = limits if limits is not None else Limits()
+        super().__init__(limits if limits is not None else Limits())
         self.name = name
-        # Multi-node (asyncchat.bus): with a bus, room events are also published
-        # and other nodes' events arrive through deliver().  None: single node.
-        self._cluster: Cluster | None = None
-        self._relaying = False
         if bus is not None:
             from .bus import Cluster
 
@@ -236,35 +64,18 @@ class Hub:
         self._nicks: dict[str, Member] = {}
         self._per_ip: dict[str, int] = {}
         self._rooms: dict[str, Room] = {}
-        self._dirty_rooms: list[Room] = []
-        self._dirty: list[Member] = []
-        self._evictions: list[Member] = []
-        self._scheduled = False
-        self._wakeup: Callable[[], None] | None = None
         self._observers: list[Observer] = []
         self._disconnects: dict[str, int] = {}
         self._refused: dict[str, int] = {}
         self.lines_in = 0
         self.bytes_in = 0
         self.rate_limited = 0
-        self._lines_out = 0
-        self._bytes_out = 0
-        self._lines_dropped = 0
-        self._errors_sent = 0
         self._room(DEFAULT_ROOM, create=True)
 
     def __repr__(self) -> str:
         return f"<Hub {self.name!r} members={len(self._members)} rooms={len(self._rooms)}>"
 
     # ------------------------------------------------------------------ wiring
-
-    def set_wakeup(self, wakeup: Callable[[], None] | None) -> None:
-        """Install the callback that makes the event loop call :meth:`flush` soon.
-
-        The adapters install ``loop.call_soon``-based wake-ups; a hub used
-        without an event loop can leave it unset and call :meth:`flush` itself.
-        """
-        self._wakeup = wakeup
 
     def subscribe(self, observer: Observer) -> Callable[[], None]:
         """Call *observer* with every room event, private message and nick change.
@@ -344,7 +155,7 @@ class Hub:
         :meth:`say`.  Remove it with :meth:`disconnect`.  Raises
         :class:`~asyncchat.errors.UsageError` if the nickname is invalid or taken.
         """
-        member = self.connect(_BotSink(on_event), kind="bot", peer="bot")
+        member = self.connect(BotSink(on_event), kind="bot", peer="bot")
         try:
             self._claim(member, nick)
         except ProtocolError as exc:
@@ -602,16 +413,6 @@ class Hub:
         self._room_event(room, event)
         self._notify(event)
 
-    def send(self, member: Member, event: ChatEvent) -> None:
-        """Queue one event for one member, after everything already queued for it."""
-        if member.closed:
-            return
-        for room in member.rooms:
-            self._catch_up(member, room)
-        if isinstance(event, Error):
-            self._errors_sent += 1
-        self._enqueue(member, member.encoder(event), 1)
-
     def deliver(self, room_name: str | None, event: ChatEvent) -> None:
         """Show an event that happened on another node (the bus calls this from the loop).
 
@@ -714,220 +515,6 @@ class Hub:
             room = Room(name, self.limits.history_lines)
             self._rooms[key] = room
         return room
-
-    # ------------------------------------------------------- output machinery
-
-    def _announce(self, room: Room, event: Joined | Left, member: Member | None) -> None:
-        """A join or leave line: the whole room sees it, unless the room is large.
-
-        In a room of more than ``Limits.presence_max_members`` members, only
-        *member* itself (if given and still in the room) sees its own line:
-        announcing every arrival to everyone costs N^2 lines for N members
-        (Twitch's IRC stops sending JOIN/PART above 1,000 chatters for the
-        same reason).  Observers, other nodes and ``/who`` still see it all.
-        """
-        if len(room.members) <= self.limits.presence_max_members:
-            self._room_event(room, event)
-            return
-        if self._cluster is not None and not self._relaying:
-            self._cluster.publish(room.name, event)
-        if member is not None and member in room.members:
-            self.send(member, event)
-
-    def _room_event(self, room: Room, event: ChatEvent, exclude: Member | None = None) -> None:
-        # Multi-node: every room event produced here is published (not the ones deliver() relays).
-        if self._cluster is not None and not self._relaying:
-            self._cluster.publish(room.name, event)
-        batch = room._batch
-        if not batch:
-            self._dirty_rooms.append(room)
-            self._wake()
-        if exclude is not None:
-            room._excluded.append((len(batch), exclude))
-        batch.append(event)
-
-    def _materialize(self, room: Room) -> None:
-        """Move a room's pending batch into its members' outboxes.
-
-        The batch is encoded once and joined once, and the same bytes go to
-        every member; a member with its own view of the batch — a cursor
-        because it joined (or was caught up) mid-batch, or its own chat
-        lines to hide — gets a slice of its own.
-        """
-        batch = room._batch
-        if not batch:
-            return
-        members = room.members
-        if members:
-            cursors = room._cursors
-            hidden: dict[Member, set[int]] = {}
-            for index, member in room._excluded:
-                hidden.setdefault(member, set()).add(index)
-            lines = len(batch)
-            pieces = self._pieces(room)
-            chunk = b"".join(pieces)
-            offsets: list[int] = []
-            enqueue = self._enqueue
-            for member in members:
-                if member.encoder is not encode:
-                    self._slice(member, room, cursors.get(member, 0), hidden.get(member))
-                elif member in hidden:
-                    self._slice(member, room, cursors.get(member, 0), hidden[member])
-                elif member in cursors:
-                    start = cursors[member]
-                    if start < lines:
-                        if not offsets:
-                            offsets = [0, *itertools.accumulate(map(len, pieces))]
-                        enqueue(member, chunk[offsets[start] :], lines - start)
-                else:
-                    enqueue(member, chunk, lines)
-        room._batch = []
-        room._pieces = []
-        if room._excluded:
-            room._excluded = []
-        if room._cursors:
-            room._cursors = {}
-
-    @staticmethod
-    def _pieces(room: Room) -> list[bytes]:
-        """The room's batch encoded with the default encoder (each event encoded once)."""
-        pieces = room._pieces
-        batch = room._batch
-        if len(pieces) < len(batch):
-            pieces.extend(map(encode, batch[len(pieces) :]))
-        return pieces
-
-    def _slice(self, member: Member, room: Room, start: int, skip: set[int] | None) -> None:
-        """Queue the room's ``batch[start:]`` for *member*, without the positions in *skip*."""
-        if member.encoder is encode:
-            pieces = self._pieces(room)
-            if skip:
-                chosen = [piece for i, piece in enumerate(pieces) if i >= start and i not in skip]
-            else:
-                chosen = pieces[start:]
-            if chosen:
-                self._enqueue(member, b"".join(chosen), len(chosen))
-            return
-        events = [event for i, event in enumerate(room._batch) if i >= start and not (skip and i in skip)]
-        if events:
-            self._enqueue(member, b"".join(map(member.encoder, events)), len(events))
-
-    def _catch_up(self, member: Member, room: Room) -> None:
-        """Hand *member* the part of *room*'s batch it does not hold yet, in O(batch).
-
-        Called before a line goes to one member directly and before the
-        member's rooms change, so its outbox keeps the order in which the hub
-        produced everything, without materialising the batch for the whole room.
-        """
-        end = len(room._batch)
-        if not end:
-            return
-        start = room._cursors.get(member, 0)
-        if start < end:
-            skip = {i for i, m in room._excluded if m is member and i >= start}
-            self._slice(member, room, start, skip)
-            room._cursors[member] = end
-
-    def _enqueue(self, member: Member, data: bytes, lines: int) -> None:
-        if member.closed or member._evicted:
-            return
-        out = member._out
-        # A member that is not paused is flushed every iteration, so only a
-        # paused member's outbox can grow across iterations: bound that one.
-        if member._paused and member._out_bytes + len(data) > self.limits.outbox_high_water:
-            self._over_high_water(member, lines)
-            return
-        if member._dropped:
-            self._report_drops(member)
-        if not member._dirty and not member._paused:
-            member._dirty = True
-            self._dirty.append(member)
-            self._wake()
-        out.append(data)
-        member._out_bytes += len(data)
-        self._lines_out += lines
-
-    def _over_high_water(self, member: Member, lines: int) -> None:
-        limits = self.limits
-        if limits.slow_consumer is SlowConsumerPolicy.DISCONNECT:
-            logger.warning(
-                "disconnecting slow consumer %r: %d bytes unsent exceeds limit of %d bytes",
-                member,
-                member._out_bytes,
-                limits.outbox_high_water,
-            )
-            # Never mutate rooms from inside a broadcast: evict at the next flush.
-            member._evicted = True
-            self._evictions.append(member)
-            self._wake()
-            return
-        if not member._dropped:
-            logger.warning(
-                "dropping lines for slow consumer %r: outbox of %d bytes is at its limit of %d bytes",
-                member,
-                member._out_bytes,
-                limits.outbox_high_water,
-            )
-        member._dropped += lines
-        self._lines_dropped += lines
-
-    def _report_drops(self, member: Member) -> None:
-        dropped, member._dropped = member._dropped, 0
-        notice = member.encoder(Error(f"{dropped} lines were dropped because you read too slowly"))
-        member._out.append(notice)
-        member._out_bytes += len(notice)
-        self._errors_sent += 1
-
-    def pause(self, member: Member) -> None:
-        """The member's transport is full: keep its output in the outbox for now."""
-        member._paused = True
-
-    def resume(self, member: Member) -> None:
-        """The member's transport drained: flush its outbox soon (and report drops)."""
-        if member.closed or not member._paused:
-            return
-        member._paused = False
-        if member._dropped:
-            self._report_drops(member)
-        if member._out and not member._dirty:
-            member._dirty = True
-            self._dirty.append(member)
-            self._wake()
-
-    def _wake(self) -> None:
-        if not self._scheduled and self._wakeup is not None:
-            self._scheduled = True
-            self._wakeup()
-
-    def flush(self) -> None:
-        """Hand every member's queued output to its sink, one write per member."""
-        self._scheduled = False
-        while self._dirty_rooms:
-            rooms, self._dirty_rooms = self._dirty_rooms, []
-            for room in rooms:
-                self._materialize(room)
-        while self._evictions:
-            evicted, self._evictions = self._evictions, []
-            for member in evicted:
-                self.disconnect(member, "slow", abort=True)
-            for room in self._dirty_rooms:
-                self._materialize(room)
-            self._dirty_rooms.clear()
-        dirty, self._dirty = self._dirty, []
-        for member in dirty:
-            member._dirty = False
-            if not member._paused:
-                self._flush_member(member)
-
-    def _flush_member(self, member: Member) -> None:
-        out = member._out
-        if not out or (member._paused and not member.closed):
-            return
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        member._out_bytes = 0
-        self._bytes_out += len(data)
-        member.sink.write(data)
 
     # ------------------------------------------------------------ maintenance
 

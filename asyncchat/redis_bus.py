@@ -98,6 +98,9 @@ return 1
 
 _FAILURES = (RedisError, OSError, TimeoutError)
 
+#: Nickname scripts (claim, release, refresh) in flight at once; more wait their turn.
+MAX_CONCURRENT_EVALS = 16
+
 
 def _without_password(url: str) -> str:
     """*url* safe for logs: a password, if any, is replaced by ``***``."""
@@ -156,6 +159,7 @@ class RedisBus:
         self._buffer: deque[Envelope] = deque()
         self._client: aioredis.Redis | None = None
         self._wake: asyncio.Event | None = None
+        self._evals: asyncio.Semaphore | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._pending: set[asyncio.Task[None]] = set()
         self._claimed: set[str] = set()
@@ -189,6 +193,10 @@ class RedisBus:
             retry=Retry(NoBackoff(), 1),  # one immediate retry on a fresh connection; backoff is ours
         )
         self._wake = asyncio.Event()
+        # Claims, releases and refreshes share a few connections: a burst of
+        # logins must queue here, not open a connection each (redis-py's pool
+        # refuses past its limit, which would look like an outage).
+        self._evals = asyncio.Semaphore(MAX_CONCURRENT_EVALS)
         self._subscribed = asyncio.Event()
         self._drained = asyncio.Event()
         if self._buffer:
@@ -287,17 +295,20 @@ class RedisBus:
 
     async def _eval(self, script: str, keys: list[str], *args: str) -> None:
         assert self._client is not None
-        try:
-            async with asyncio.timeout(self.claim_timeout):
-                await self._client.eval(script, len(keys), *keys, *args)
-        except _FAILURES as exc:
-            self._down(exc)
+        assert self._evals is not None
+        async with self._evals:
+            try:
+                async with asyncio.timeout(self.claim_timeout):
+                    await self._client.eval(script, len(keys), *keys, *args)
+            except _FAILURES as exc:
+                self._down(exc)
 
     async def _claim(self, key: str, callback: ClaimCallback) -> None:
         assert self._client is not None
+        assert self._evals is not None
         ttl = str(int(self.node_timeout * 1000))
         try:
-            async with asyncio.timeout(self.claim_timeout):
+            async with self._evals, asyncio.timeout(self.claim_timeout):
                 granted = bool(await self._client.eval(_CLAIM, 1, self._key(key), self.node_id, ttl))
         except _FAILURES as exc:
             self._down(exc)

@@ -255,6 +255,24 @@ async def test_nickname_race_across_nodes_has_one_winner(redis_server: RedisServ
             await two.close()
 
 
+async def test_a_burst_of_logins_does_not_look_like_an_outage(
+    redis_server: RedisServer, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """300 nickname claims at once exceed redis-py's pool (100 connections) unless they queue."""
+    caplog.set_level(logging.WARNING, logger="asyncchat")
+    async with node(redis_server.url, namespace, "a") as a:
+        clients = await asyncio.gather(*(LineClient.connect(a.tcp.address) for _ in range(300)))
+        await asyncio.gather(*(client.send(f"burst{i}") for i, client in enumerate(clients)))
+        for i, client in enumerate(clients):
+            assert await client.line() == f"*** you are burst{i}; /help lists the commands"
+        await asyncio.gather(*(client.close() for client in clients))
+        async with asyncio.timeout(TIMEOUT):
+            while a.hub.statistics().members:
+                await asyncio.sleep(0.05)
+        assert a.bus.outages == 0
+    assert not [r for r in caplog.records if "unavailable" in r.getMessage()]
+
+
 async def test_lines_sent_before_the_claim_is_answered_are_kept(redis_server: RedisServer, namespace: str) -> None:
     async with node(redis_server.url, namespace, "a") as a, node(redis_server.url, namespace, "b") as b:
         bob = await LineClient.connect(b.tcp.address, "bob")

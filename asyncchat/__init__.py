@@ -24,10 +24,12 @@ __version__ = "0.1.0"
 from .errors import (
     ChatError,
     CommandError,
+    ConnectionClosed,
     DependencyMissing,
     InvalidEncoding,
     InvalidName,
     LineTooLong,
+    LoginFailed,
     NameTaken,
     ProtocolError,
     Refused,
@@ -53,8 +55,6 @@ if TYPE_CHECKING:
     from .bus import Bus, InProcessBus, InProcessNetwork
     from .client import (
         ChatClient,
-        ConnectionClosed,
-        LoginFailed,
         connect_tcp,
         connect_udp,
         connect_unix,
@@ -120,8 +120,6 @@ _LAZY = {
     "InProcessNetwork": "bus",
     "RedisBus": "redis_bus",  # the only module importing redis (DependencyMissing without it)
     "ChatClient": "client",
-    "ConnectionClosed": "client",
-    "LoginFailed": "client",
     "connect_tcp": "client",
     "connect_udp": "client",
     "connect_unix": "client",

@@ -26,7 +26,7 @@ continuation piece of a split line; only then is the chunk split into lines.
 Only *probe* members (a few per room) parse the timestamps, for latency and
 for the senders' windows.
 
-UDP members log in as :mod:`asyncchat._udp_client` does: a padded blank
+UDP members log in as :mod:`asyncchat.client._udp` does: a padded blank
 probe, then (in one datagram) ``/verify TOKEN``, the nickname and the
 ``/join``; every step is sent again after :data:`RETRY_SECONDS` without an
 answer.  They send ``/ping`` every ``keepalive`` seconds and ``/quit`` when

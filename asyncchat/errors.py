@@ -10,6 +10,8 @@ Every exception derives from :class:`ChatError`::
     │   ├── NameTaken          a nickname is already used (case-insensitively)
     │   └── CommandError       a command is unknown or malformed
     ├── Refused                the server will not admit a connection (limits)
+    ├── LoginFailed            the client was not logged in (see asyncchat.client)
+    ├── ConnectionClosed       the client's connection has ended (also a ConnectionError)
     ├── UsageError             the embedding program misused the API (raised to it)
     └── DependencyMissing      an optional extra is not installed
 
@@ -24,10 +26,12 @@ from __future__ import annotations
 __all__ = [
     "ChatError",
     "CommandError",
+    "ConnectionClosed",
     "DependencyMissing",
     "InvalidEncoding",
     "InvalidName",
     "LineTooLong",
+    "LoginFailed",
     "NameTaken",
     "ProtocolError",
     "Refused",
@@ -81,6 +85,14 @@ class Refused(ChatError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class LoginFailed(ChatError):
+    """The server did not log the client in; ``str(error)`` says why."""
+
+
+class ConnectionClosed(ChatError, ConnectionError):
+    """The client's connection has ended: nothing more can be sent or received."""
 
 
 class UsageError(ChatError):

@@ -474,14 +474,14 @@ async def test_udp_server_gone_is_detected_by_keepalive() -> None:
 
 
 def test_format_line_escapes_control_characters() -> None:
-    from asyncchat._terminal import format_line
+    from asyncchat.client._terminal import format_line
 
     assert format_line("bob: \x1b[31mred\x1b[0m\x9b\u202e") == "bob: \\x1b[31mred\\x1b[0m\\x9b\\u202e"
     assert format_line("tab\tok") == "tab\tok"
 
 
 async def test_terminal_main_piped_in_process(tcp_server: TcpServer) -> None:
-    from asyncchat._terminal import main
+    from asyncchat.client._terminal import main
 
     host, port = tcp_server.address
     stdout = io.StringIO()
@@ -499,7 +499,7 @@ async def test_terminal_main_piped_in_process(tcp_server: TcpServer) -> None:
 
 
 async def test_terminal_main_escapes_control_characters() -> None:
-    from asyncchat._terminal import main
+    from asyncchat.client._terminal import main
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"*** welcome\n")
@@ -522,7 +522,7 @@ async def test_terminal_main_escapes_control_characters() -> None:
 
 
 async def test_terminal_main_login_failure(tcp_server: TcpServer, capsys: pytest.CaptureFixture[str]) -> None:
-    from asyncchat._terminal import main
+    from asyncchat.client._terminal import main
 
     host, port = tcp_server.address
     async with connect_tcp(host, port, nick="carol"):
@@ -534,7 +534,7 @@ async def test_terminal_main_login_failure(tcp_server: TcpServer, capsys: pytest
 
 
 async def test_terminal_main_piped_udp(hub: Hub, udp_server: UdpServer, tcp_server: TcpServer) -> None:
-    from asyncchat._terminal import main
+    from asyncchat.client._terminal import main
 
     host, port = udp_server.address
     stdout = io.StringIO()
@@ -605,7 +605,7 @@ async def test_interactive_client_with_pipe_input(tcp_server: TcpServer) -> None
     from prompt_toolkit.input import create_pipe_input
     from prompt_toolkit.output import DummyOutput
 
-    from asyncchat._terminal import _interactive
+    from asyncchat.client._terminal import _interactive
 
     host, port = tcp_server.address
     async with await LineClient.connect((host, port), "bob") as bob:

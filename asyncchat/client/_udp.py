@@ -27,11 +27,11 @@ import re
 from collections import deque
 from typing import Any
 
-from .client import ChatClient, ConnectionClosed, LoginFailed, _login_error, _peer
-from .events import Closing, Error, Notice
-from .framing import split_datagram
-from .protocol import check_nick, parse
-from .udp import MAX_DATAGRAM
+from ..events import Closing, Error, Notice
+from ..framing import split_datagram
+from ..protocol import check_nick, parse
+from ..udp import MAX_DATAGRAM
+from . import ChatClient, ConnectionClosed, LoginFailed, _login_error, _peer
 
 __all__ = ["open_udp"]
 

@@ -33,7 +33,7 @@ client sends ``/ping`` every *keepalive* seconds so the server does not
 expire it (the pongs are not shown); TCP clients can do the same.
 
 ``python -m asyncchat.client`` is the interactive terminal client (see
-:mod:`asyncchat._terminal`).
+:mod:`asyncchat.client._terminal`).
 """
 
 from __future__ import annotations
@@ -48,10 +48,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Seque
 from types import TracebackType
 from typing import Any
 
-from .errors import ChatError, InvalidName, NameTaken, ProtocolError, Refused, UsageError
-from .events import ChatEvent, Closing, Error, Joined, Left, NickChanged
-from .framing import LineDecoder
-from .protocol import check_nick, fold, parse, render
+from ..errors import (
+    ChatError,
+    ConnectionClosed,
+    InvalidName,
+    LoginFailed,
+    NameTaken,
+    ProtocolError,
+    Refused,
+    UsageError,
+)
+from ..events import ChatEvent, Closing, Error, Joined, Left, NickChanged
+from ..framing import LineDecoder
+from ..protocol import check_nick, fold, parse, render
 
 __all__ = [
     "ChatClient",
@@ -72,14 +81,6 @@ MAX_LINE_BYTES = 1 << 20
 LOGIN_TIMEOUT = 10.0
 #: Seconds allowed for closing a connection (TLS close_notify, flushing).
 CLOSE_TIMEOUT = 5.0
-
-
-class LoginFailed(ChatError):
-    """The server did not log the client in; ``str(error)`` says why."""
-
-
-class ConnectionClosed(ChatError, ConnectionError):
-    """The connection has ended: nothing more can be sent or received."""
 
 
 def _login_error(text: str) -> ChatError:
@@ -566,7 +567,7 @@ def connect_udp(
     :class:`~asyncchat.events.Closing` event).  Lines the server split across
     datagrams (``+ `` continuations) are joined again.
     """
-    from ._udp_client import open_udp
+    from ._udp import open_udp
 
     return _Connecting(
         lambda: open_udp(
@@ -585,7 +586,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ._terminal import main as terminal_main
 
     return terminal_main(argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

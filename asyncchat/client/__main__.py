@@ -1,0 +1,8 @@
+"""``python -m asyncchat.client``: the interactive (or piped) terminal client."""
+
+from __future__ import annotations
+
+from . import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

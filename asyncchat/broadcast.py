@@ -68,6 +68,7 @@ class Broadcast:
         self._bytes_out = 0
         self._lines_dropped = 0
         self._errors_sent = 0
+        self._writes = 0
 
     def disconnect(self, member: Member, reason: str = "closed", *, notice: str = "", abort: bool = False) -> None:
         """Remove *member* and close its sink (the hub implements it)."""
@@ -273,6 +274,16 @@ class Broadcast:
             self._scheduled = True
             self._wakeup()
 
+    @property
+    def lines_out(self) -> int:
+        """Lines handed to members' outboxes so far (a delivery counts once per member)."""
+        return self._lines_out
+
+    @property
+    def writes(self) -> int:
+        """Writes made to members' sinks so far; ``lines_out / writes`` is the coalescing factor."""
+        return self._writes
+
     def flush(self) -> None:
         """Hand every member's queued output to its sink, one write per member."""
         self._scheduled = False
@@ -288,10 +299,21 @@ class Broadcast:
                 self._materialize(room)
             self._dirty_rooms.clear()
         dirty, self._dirty = self._dirty, []
-        for member in dirty:
+        sent = 0
+        writes = 0
+        for member in dirty:  # _flush_member, inlined: this loop runs once per member per flush
             member._dirty = False
-            if not member._paused:
-                self._flush_member(member)
+            out = member._out
+            if member._paused or not out:
+                continue
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            member._out_bytes = 0
+            sent += len(data)
+            writes += 1
+            member._write(data)
+        self._bytes_out += sent
+        self._writes += writes
 
     def _flush_member(self, member: Member) -> None:
         out = member._out
@@ -301,4 +323,5 @@ class Broadcast:
         out.clear()
         member._out_bytes = 0
         self._bytes_out += len(data)
-        member.sink.write(data)
+        self._writes += 1
+        member._write(data)

@@ -496,6 +496,7 @@ class Hub(Broadcast):
             bytes_in=self.bytes_in,
             lines_out=self._lines_out,
             bytes_out=self._bytes_out,
+            writes=self._writes,
             lines_dropped=self._lines_dropped,
             errors_sent=self._errors_sent,
             rate_limited=self.rate_limited,

@@ -49,6 +49,7 @@ class Member:
         "_out",
         "_out_bytes",
         "_paused",
+        "_write",
         "closed",
         "connected_at",
         "encoder",
@@ -66,6 +67,9 @@ class Member:
     def __init__(self, member_id: int, sink: Sink, kind: str, peer: str, ip: str, now: float) -> None:
         self.id = member_id
         self.sink = sink
+        # What a flush calls with the member's bytes: sink.write, or the
+        # transport's own write when the adapter can hand it over directly.
+        self._write: Callable[[bytes], object] = sink.write
         self.kind = kind
         self.peer = peer
         self.ip = ip
@@ -146,6 +150,7 @@ class HubStatistics:
     bytes_in: int
     lines_out: int
     bytes_out: int
+    writes: int
     lines_dropped: int
     errors_sent: int
     rate_limited: int

@@ -185,6 +185,8 @@ async def fake_server(script: Script) -> asyncio.Server:
             await script(reader, writer)
         finally:
             writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
 
     return await asyncio.start_server(handle, "127.0.0.1", 0)
 

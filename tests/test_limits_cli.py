@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import math
@@ -119,6 +120,8 @@ async def test_max_members_refuses_with_the_numbers() -> None:
             async with asyncio.timeout(TIMEOUT):
                 assert await reader.read() == b"! server is full (2 members)\n"
             writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
         assert hub.statistics().refused == {"full": 1}
 
 

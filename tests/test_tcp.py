@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 
 import pytest
@@ -191,6 +192,8 @@ async def test_refused_when_full() -> None:
         async with asyncio.timeout(10):
             assert await reader.read() == b"! server is full (1 members)\n"
         writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await writer.wait_closed()
 
 
 @pytest.mark.parametrize("family", ["ipv6"])

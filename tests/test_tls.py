@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -89,6 +90,8 @@ async def test_plain_text_client_on_the_tls_port(tls_server: TcpServer, client_c
         assert b"welcome" not in data
     finally:
         writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await writer.wait_closed()
     assert tls_server.hub.statistics().members == 0
     await check_chat(tcp_opener(tls_server.address, ssl=client_context, server_hostname="localhost"))
 
@@ -105,6 +108,8 @@ async def test_stalled_tls_handshake_is_bounded_by_the_login_timeout(
     finally:
         for _, writer in stalled:
             writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
     await check_chat(tcp_opener(tls_server.address, ssl=client_context, server_hostname="localhost"))
 
 
@@ -124,6 +129,8 @@ async def test_shutdown_reaches_tls_members(cert_files: tuple[str, str], client_
     async with asyncio.timeout(TIMEOUT):
         rest = await reader.read()
     writer.close()
+    with contextlib.suppress(ConnectionError, OSError):
+        await writer.wait_closed()
     assert rest == b"*** closing: server is shutting down\n"
     await wait_for(lambda: hub.statistics().members == 0)
 

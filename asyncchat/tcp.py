@@ -44,6 +44,8 @@ logger = logging.getLogger("asyncchat.tcp")
 #: Transport write-buffer marks in bytes; above HIGH the member is paused.
 WRITE_HIGH = 64 * 1024
 WRITE_LOW = 16 * 1024
+#: Refused connections are logged at most once per this many seconds, with a count.
+REFUSED_LOG_SECONDS = 10.0
 
 
 def _peer_name(peer: Any) -> tuple[str, str]:
@@ -157,6 +159,9 @@ class TcpServer:
         self._runtime: Runtime | None = None
         self._connections: set[Connection] = set()
         self._drained: asyncio.Future[None] | None = None
+        # Refusals are logged at most once per REFUSED_LOG_SECONDS (a flood must not flood the log).
+        self._refused_logged_at = float("-inf")
+        self._refused_unlogged = 0
         self._unix_file: tuple[int, int] | None = None
 
     def __repr__(self) -> str:
@@ -227,7 +232,7 @@ class TcpServer:
             connection = Connection(self, transport, writer)
             member = self.hub.connect(connection, kind="tcp", peer=shown, ip=ip, now=self.loop.time())
         except Refused as exc:
-            logger.warning("refused connection from %s: %s", shown, exc)
+            self._log_refused(shown, exc)
             transport.write(encode(Error(str(exc))))
             transport.close()
             return
@@ -238,6 +243,16 @@ class TcpServer:
         self._connections.add(connection)
         logger.info("connection %d from %s", member.id, shown)
         connection.session = Session(self.hub, member, now=self.loop.time(), extra_commands=self.commands)
+
+    def _log_refused(self, shown: str, exc: Refused) -> None:
+        now = self.loop.time()
+        if now - self._refused_logged_at < REFUSED_LOG_SECONDS:
+            self._refused_unlogged += 1
+            return
+        more = f" (and {self._refused_unlogged} more since the last report)" if self._refused_unlogged else ""
+        logger.warning("refused connection from %s: %s%s", shown, exc, more)
+        self._refused_logged_at = now
+        self._refused_unlogged = 0
 
     def _forget(self, connection: Connection) -> None:
         if connection in self._connections:

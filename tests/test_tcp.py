@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 
 import pytest
@@ -203,3 +204,19 @@ async def test_ipv6_loopback(hub: Hub, family: str) -> None:
     async with serve_tcp(hub, host="::1", port=0) as server, await LineClient.connect(server.address, "six") as six:
         await six.send("/who")
         assert await six.line() == "*** members of lobby (1): six"
+
+
+async def test_refusals_are_logged_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    hub = Hub(limits=Limits(max_members=1))
+    caplog.set_level(logging.WARNING, logger="asyncchat")
+    async with serve_tcp(hub, port=0) as server, await LineClient.connect(server.address):
+        for _ in range(20):
+            reader, writer = await asyncio.open_connection(*server.address)
+            async with asyncio.timeout(10):
+                assert await reader.read() == b"! server is full (1 members)\n"
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+    refusals = [r for r in caplog.records if "refused connection" in r.getMessage()]
+    assert len(refusals) == 1
+    assert hub.statistics().refused == {"full": 20}

@@ -30,7 +30,6 @@ flush — never from inside a broadcast — or drop lines and tell it how many).
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -104,15 +103,17 @@ class Broadcast:
         if len(room.members) <= self.limits.presence_max_members:
             self._room_event(room, event)
             return
-        if self._cluster is not None and not self._relaying:
-            self._cluster.publish(room.name, event)
+        self._publish(room, event)
         if member is not None and member in room.members:
             self.send(member, event)
 
-    def _room_event(self, room: Room, event: ChatEvent, exclude: Member | None = None) -> None:
+    def _publish(self, room: Room, event: ChatEvent) -> None:
         # Multi-node: every room event produced here is published (not the ones deliver() relays).
         if self._cluster is not None and not self._relaying:
             self._cluster.publish(room.name, event)
+
+    def _room_event(self, room: Room, event: ChatEvent, exclude: Member | None = None) -> None:
+        self._publish(room, event)
         batch = room._batch
         if not batch:
             self._dirty_rooms.append(room)
@@ -139,21 +140,11 @@ class Broadcast:
             for index, member in room._excluded:
                 hidden.setdefault(member, set()).add(index)
             lines = len(batch)
-            pieces = self._pieces(room)
-            chunk = b"".join(pieces)
-            offsets: list[int] = []
+            chunk = b"".join(self._pieces(room))
             enqueue = self._enqueue
             for member in members:
-                if member.encoder is not encode:
+                if member in hidden or member in cursors or member.encoder is not encode:
                     self._slice(member, room, cursors.get(member, 0), hidden.get(member))
-                elif member in hidden:
-                    self._slice(member, room, cursors.get(member, 0), hidden[member])
-                elif member in cursors:
-                    start = cursors[member]
-                    if start < lines:
-                        if not offsets:
-                            offsets = [0, *itertools.accumulate(map(len, pieces))]
-                        enqueue(member, chunk[offsets[start] :], lines - start)
                 else:
                     enqueue(member, chunk, lines)
         room._batch = []
@@ -287,33 +278,18 @@ class Broadcast:
     def flush(self) -> None:
         """Hand every member's queued output to its sink, one write per member."""
         self._scheduled = False
-        while self._dirty_rooms:
+        # Evicting a slow member announces its leave, which dirties its rooms again.
+        while self._dirty_rooms or self._evictions:
             rooms, self._dirty_rooms = self._dirty_rooms, []
             for room in rooms:
                 self._materialize(room)
-        while self._evictions:
             evicted, self._evictions = self._evictions, []
             for member in evicted:
                 self.disconnect(member, "slow", abort=True)
-            for room in self._dirty_rooms:
-                self._materialize(room)
-            self._dirty_rooms.clear()
         dirty, self._dirty = self._dirty, []
-        sent = 0
-        writes = 0
-        for member in dirty:  # _flush_member, inlined: this loop runs once per member per flush
+        for member in dirty:
             member._dirty = False
-            out = member._out
-            if member._paused or not out:
-                continue
-            data = out[0] if len(out) == 1 else b"".join(out)
-            out.clear()
-            member._out_bytes = 0
-            sent += len(data)
-            writes += 1
-            member._write(data)
-        self._bytes_out += sent
-        self._writes += writes
+            self._flush_member(member)
 
     def _flush_member(self, member: Member) -> None:
         out = member._out

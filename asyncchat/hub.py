@@ -187,7 +187,8 @@ class Hub(Broadcast):
             self.send(member, NickChanged(old, new))
         self._notify(NickChanged(old, new, member.room))
 
-    def _claim(self, member: Member, nick: str) -> None:
+    def _free_key(self, member: Member, nick: str) -> str:
+        """The key of *nick*; raises if it is invalid or another member's here."""
         check_nick(nick)
         key = fold(nick)
         if key == nick:
@@ -195,6 +196,10 @@ class Hub(Broadcast):
         owner = self._nicks.get(key)
         if owner is not None and owner is not member:
             raise NameTaken(f"nickname {nick!r} is taken")
+        return key
+
+    def _claim(self, member: Member, nick: str) -> None:
+        key = self._free_key(member, nick)
         member.nick = nick
         member.key = key
         self._nicks[key] = member
@@ -210,12 +215,8 @@ class Hub(Broadcast):
         """
         assert self._cluster is not None
         cluster = self._cluster
-        check_nick(nick)
-        key = fold(nick)
-        owner = self._nicks.get(key)
-        if owner is not None and owner is not member:
-            raise NameTaken(f"nickname {nick!r} is taken")
-        if owner is member or cluster.holds(key):
+        key = self._free_key(member, nick)
+        if self._nicks.get(key) is member or cluster.holds(key):
             return True
         if cluster.locate(nick) is not None:
             raise NameTaken(f"nickname {nick!r} is taken")
@@ -254,8 +255,8 @@ class Hub(Broadcast):
             raise ProtocolError(f"you are already in {room.name}")
         for other in member.rooms:
             self._catch_up(member, other)
-        for event in room.history:
-            self._enqueue(member, member.encoder(event), 1)
+        if room.history:
+            self._enqueue(member, b"".join(map(member.encoder, room.history)), len(room.history))
         room.members[member] = None
         member.rooms.append(room)
         if room._batch:  # what the room said before this join is not for this member
@@ -305,12 +306,19 @@ class Hub(Broadcast):
         (``*** closing: notice``).  Unsent output is flushed first unless
         *abort*.  Calling it again for the same member does nothing.
         """
+        shown = {"closed": "connection closed", "quit": "quit"}.get(reason, reason)
+        self._remove(member, reason, shown, notice=notice, abort=abort)
+
+    def quit(self, member: Member, reason: str = "") -> None:
+        """Handle ``/quit``: the rooms see ``left ROOM (quit: reason)``, then the sink closes."""
+        self._remove(member, "quit", f"quit: {reason}" if reason else "quit", notice="goodbye")
+
+    def _remove(self, member: Member, reason: str, shown: str, *, notice: str, abort: bool = False) -> None:
         if member.closed:
             return
         if notice:
             self.send(member, Closing(notice))
         self._count(self._disconnects, reason)
-        shown = {"closed": "connection closed", "quit": "quit"}.get(reason, reason)
         for room in list(member.rooms):
             self._leave(member, room, shown, tell_member=False)
         self._forget(member)
@@ -321,19 +329,6 @@ class Hub(Broadcast):
             self._flush_member(member)
         member.sink.close(abort=abort)
         logger.debug("disconnect %r (%s)", member, reason)
-
-    def quit(self, member: Member, reason: str = "") -> None:
-        """Handle ``/quit``: the rooms see ``left ROOM (quit: reason)``, then the sink closes."""
-        if member.closed:
-            return
-        shown = f"quit: {reason}" if reason else "quit"
-        self.send(member, Closing("goodbye"))
-        self._count(self._disconnects, "quit")
-        for room in list(member.rooms):
-            self._leave(member, room, shown, tell_member=False)
-        self._forget(member)
-        self._flush_member(member)
-        member.sink.close()
 
     def _forget(self, member: Member) -> None:
         member.closed = True

@@ -20,6 +20,11 @@ class LineClient:
     async def connect(cls, address: tuple[str, int], nick: str | None = None, **kwargs: object) -> LineClient:
         async with asyncio.timeout(TIMEOUT):
             reader, writer = await asyncio.open_connection(address[0], address[1], limit=1 << 22, **kwargs)  # type: ignore[arg-type]
+        return await cls.start(reader, writer, nick)
+
+    @classmethod
+    async def start(cls, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, nick: str | None) -> LineClient:
+        """Read the greeting on an open stream, and log in as *nick* if given."""
         client = cls(reader, writer)
         greeting = await client.line()
         assert greeting.startswith("*** welcome"), greeting

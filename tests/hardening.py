@@ -52,13 +52,7 @@ async def client_from(opener: Opener, nick: str | None = None) -> LineClient:
     """A :class:`LineClient` over whatever stream *opener* opens; greeted and optionally logged in."""
     async with asyncio.timeout(TIMEOUT):
         reader, writer = await opener()
-    client = LineClient(reader, writer)
-    greeting = await client.line()
-    assert greeting.startswith("*** welcome"), greeting
-    if nick is not None:
-        await client.send(nick)
-        await client.expect(f"* {nick} joined lobby")
-    return client
+    return await LineClient.start(reader, writer, nick)
 
 
 async def check_chat(opener: Opener) -> None:

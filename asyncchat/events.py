@@ -1,10 +1,17 @@
-"""The chat's events: one vocabulary for the hub, observers and clients.
+"""The chat's events and replies: one vocabulary for the hub, observers, codecs and clients.
 
-The hub emits these to observers (:meth:`Hub.subscribe`, :func:`asyncchat.watch`);
-:mod:`asyncchat.protocol` renders them as lines of protocol v1 and parses
-lines back into them, so the server and the client share one definition of
-the wire format.  All are frozen, slotted dataclasses.  ``room`` is ``None``
-where a line on the wire does not say which room it belongs to.
+The hub emits room and member events to members and observers
+(:meth:`Hub.subscribe`, :func:`asyncchat.watch`); the session answers
+commands with typed replies (:class:`Names`, :class:`RoomList`,
+:class:`Topic`, :class:`Pong`, :class:`Welcome`, :class:`Error` with its
+stable code, ...).  Each front end's codec renders them in its own format —
+:mod:`asyncchat.protocol` renders line protocol v1 and parses lines back into
+events, so the server and the client share one definition of that wire
+format.  All are frozen, slotted dataclasses.  ``room`` is ``None`` where a
+line on the wire does not say which room it belongs to.
+
+Member-wide events (:class:`NickChanged`, :class:`Quit`) reach each
+recipient once, naming the first room the recipient shares with the member.
 """
 
 from __future__ import annotations
@@ -16,12 +23,24 @@ __all__ = [
     "ChatEvent",
     "Closing",
     "Error",
+    "Greeting",
+    "Help",
     "Joined",
+    "Kicked",
     "Left",
     "Message",
+    "Names",
     "NickChanged",
     "Notice",
+    "OperatorChanged",
+    "Pong",
     "Private",
+    "Quit",
+    "RoomInfo",
+    "RoomList",
+    "Topic",
+    "TopicChanged",
+    "Welcome",
 ]
 
 
@@ -61,6 +80,52 @@ class Left:
 
 
 @dataclass(frozen=True, slots=True)
+class Quit:
+    """A member left the chat (quit, disconnected, timed out): v1 ``* nick left room (reason)``.
+
+    Sent once to each member sharing a room with the one who left; ``room``
+    is the first room they share.
+    """
+
+    nick: str
+    room: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Kicked:
+    """``* nick was kicked from room by operator (reason)``."""
+
+    nick: str
+    room: str
+    by: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TopicChanged:
+    """``* nick set the topic of room: text`` (or ``* nick cleared the topic of room``)."""
+
+    nick: str
+    room: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorChanged:
+    """*nick* became (``operator=True``) or stopped being a room operator.
+
+    ``by`` is the operator who did it, or ``""`` when the server did (the
+    room's first member, or a hand-over when the last operator left).
+    """
+
+    nick: str
+    room: str
+    operator: bool
+    by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class NickChanged:
     """``* old is now known as new``."""
 
@@ -92,9 +157,14 @@ class Notice:
 
 @dataclass(frozen=True, slots=True)
 class Error:
-    """An error reply: ``! text``."""
+    """An error reply: ``! text`` (``! [code] text`` for v1 clients that ask for codes).
+
+    *code* is a stable :class:`~asyncchat.errors.ErrorCode` value (``""`` when
+    a parsed line carried none).
+    """
 
     text: str
+    code: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,4 +174,84 @@ class Closing:
     reason: str
 
 
-ChatEvent = Message | Action | Joined | Left | NickChanged | Private | Notice | Error | Closing
+@dataclass(frozen=True, slots=True)
+class Greeting:
+    """The first reply to a new connection: choose a nickname."""
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """The reply to a successful login: the member is now called *nick*."""
+
+    nick: str
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    """The members of a room (``/who``): nicknames in join order, operators among them."""
+
+    room: str
+    nicks: tuple[str, ...]
+    operators: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class RoomInfo:
+    """A room's name, member count and topic, as listed by ``/rooms``."""
+
+    name: str
+    members: int
+    topic: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RoomList:
+    """Every room (``/rooms``), sorted by name."""
+
+    rooms: tuple[RoomInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    """A room's current topic (``""``: none), sent on join and in answer to ``/topic``."""
+
+    room: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """The answer to a ping, echoing its token."""
+
+    token: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Help:
+    """The answer to ``/help``; *extra* names the embedding program's own commands."""
+
+    extra: tuple[str, ...] = ()
+
+
+ChatEvent = (
+    Message
+    | Action
+    | Joined
+    | Left
+    | Quit
+    | Kicked
+    | TopicChanged
+    | OperatorChanged
+    | NickChanged
+    | Private
+    | Notice
+    | Error
+    | Closing
+    | Greeting
+    | Welcome
+    | Names
+    | RoomList
+    | Topic
+    | Pong
+    | Help
+)

@@ -10,9 +10,12 @@ returned in order among the lines, so one bad line never costs the good ones
 around it.
 
 :func:`sanitize` makes peer text safe to relay: C0 controls except TAB, DEL,
-C1 controls and Unicode bidi/format controls are replaced by a visible
-``\\xNN`` / ``\\uNNNN`` escape, so no member can forge a line or send a
-terminal escape sequence to another member.
+C1 controls (including U+0085, NEL), the Unicode line and paragraph
+separators (U+2028, U+2029) and the bidi/format controls are replaced by a
+visible ``\\xNN`` / ``\\uNNNN`` escape, so no member can forge a line (for
+any line splitter, ``str.splitlines`` included) or send a terminal escape
+sequence to another member.  :data:`UNSAFE_TEXT` is that one rule; the bus
+codec checks text from other nodes with it too.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import re
 
 from .errors import InvalidEncoding, LineTooLong, ProtocolError
 
-__all__ = ["LineDecoder", "sanitize", "split_datagram"]
+__all__ = ["UNSAFE_TEXT", "LineDecoder", "sanitize", "split_datagram"]
 
 # C0 except TAB, DEL, C1, and the bidi / invisible format controls used for
 # "Trojan source" style spoofing.
@@ -33,17 +36,20 @@ _UNSAFE_CODEPOINTS = [
     0x200B,
     0x200E,
     0x200F,
+    0x2028,
+    0x2029,
     *range(0x202A, 0x202F),
     *range(0x2066, 0x206A),
     0xFEFF,
 ]
 _ESCAPES = {cp: (f"\\x{cp:02x}" if cp < 0x100 else f"\\u{cp:04x}") for cp in _UNSAFE_CODEPOINTS}
-_UNSAFE = re.compile("[" + "".join(re.escape(chr(cp)) for cp in _UNSAFE_CODEPOINTS) + "]")
+#: Every character that peer text may not carry (the one unsafe-text rule).
+UNSAFE_TEXT = re.compile("[" + "".join(re.escape(chr(cp)) for cp in _UNSAFE_CODEPOINTS) + "]")
 
 
 def sanitize(text: str) -> str:
     """Return *text* with every control character replaced by a visible escape."""
-    if _UNSAFE.search(text) is None:
+    if UNSAFE_TEXT.search(text) is None:
         return text
     return text.translate(_ESCAPES)
 

@@ -1,10 +1,11 @@
-"""The records the hub keeps: members, rooms, and the hub's statistics.
+"""The records the hub keeps: members, their outboxes, rooms, and the hub's statistics.
 
-A :class:`Member` is anything with a name, rooms and a :class:`Sink` — a
-non-blocking place to hand outgoing bytes.  TCP connections, UDP peers and
+A :class:`Member` is anything with a name, rooms, an encoder (its front
+end's wire format) and a :class:`Sink` — a non-blocking place to hand
+outgoing bytes.  TCP connections, UDP peers, IRC and WebSocket clients and
 in-process bots are members of the same kind, so they share rooms.  These
-are plain records; :mod:`asyncchat.hub` and :mod:`asyncchat.broadcast`
-change them.
+are plain records: :mod:`asyncchat.hub` changes members and rooms, and
+:mod:`asyncchat.broadcast` alone changes an :class:`Outbox`.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .events import ChatEvent
+from .events import ChatEvent, RoomInfo
 from .protocol import encode, fold, parse
 
-__all__ = ["BotSink", "Encoder", "HubStatistics", "Member", "Observer", "Room", "RoomInfo", "Sink"]
+__all__ = ["BotSink", "Encoder", "HubStatistics", "Member", "Observer", "Outbox", "Room", "RoomInfo", "Sink"]
 
 Encoder = Callable[[ChatEvent], bytes]
 Observer = Callable[[ChatEvent], None]
@@ -33,23 +34,46 @@ class Sink(Protocol):
         """Close after sending what was written, or at once if *abort*."""
 
 
+class Outbox:
+    """A member's unsent output: bytes queued in the hub, bounded, written once per flush.
+
+    Only :mod:`asyncchat.broadcast` changes it.  ``write`` is what a flush
+    calls with the member's bytes: ``sink.write``, or the transport's own
+    write when the adapter can hand it over directly.
+    """
+
+    __slots__ = ("chunks", "dirty", "dropped", "evicted", "nbytes", "paused", "write")
+
+    def __init__(self, write: Callable[[bytes], object]) -> None:
+        self.write = write
+        self.chunks: list[bytes] = []
+        #: Bytes in ``chunks``.
+        self.nbytes = 0
+        #: The transport is full: output stays here until it resumes.
+        self.paused = False
+        #: Already in the broadcaster's list of members to write at the next flush.
+        self.dirty = False
+        #: Lines dropped (slow-consumer policy DROP) and not yet reported to the member.
+        self.dropped = 0
+        #: Marked for eviction at the next flush (slow-consumer policy DISCONNECT).
+        self.evicted = False
+
+    def __repr__(self) -> str:
+        state = " paused" if self.paused else ""
+        return f"<Outbox {self.nbytes} bytes in {len(self.chunks)} chunks{state}>"
+
+
 class Member:
     """One participant: a connection, a UDP peer or a bot.
 
     Created by :meth:`Hub.connect`; named by :meth:`Hub.login`.  Adapters
     call :meth:`Hub.pause` / :meth:`Hub.resume` when the transport's buffer
-    passes its own marks.
+    passes its own marks.  *encoder* turns events into the member's wire
+    format; members with the same encoder share each room batch's bytes.
     """
 
     __slots__ = (
         "__weakref__",
-        "_dirty",
-        "_dropped",
-        "_evicted",
-        "_out",
-        "_out_bytes",
-        "_paused",
-        "_write",
         "closed",
         "connected_at",
         "encoder",
@@ -59,6 +83,7 @@ class Member:
         "kind",
         "last_seen",
         "nick",
+        "outbox",
         "peer",
         "rooms",
         "sink",
@@ -67,9 +92,7 @@ class Member:
     def __init__(self, member_id: int, sink: Sink, kind: str, peer: str, ip: str, now: float) -> None:
         self.id = member_id
         self.sink = sink
-        # What a flush calls with the member's bytes: sink.write, or the
-        # transport's own write when the adapter can hand it over directly.
-        self._write: Callable[[bytes], object] = sink.write
+        self.outbox = Outbox(sink.write)
         self.kind = kind
         self.peer = peer
         self.ip = ip
@@ -80,12 +103,6 @@ class Member:
         self.connected_at = now
         self.last_seen = now
         self.closed = False
-        self._out: list[bytes] = []
-        self._out_bytes = 0
-        self._paused = False
-        self._dirty = False
-        self._dropped = 0
-        self._evicted = False
 
     def __repr__(self) -> str:
         room = self.rooms[0].name if self.rooms else "-"
@@ -95,7 +112,7 @@ class Member:
 
     @property
     def room(self) -> str | None:
-        """The member's current room (the first it joined), or ``None``."""
+        """The first room the member is in, or ``None`` (a v1 session tracks its own current room)."""
         return self.rooms[0].name if self.rooms else None
 
     @property
@@ -106,23 +123,41 @@ class Member:
     @property
     def pending_bytes(self) -> int:
         """Bytes queued in the hub for this member and not yet handed to its sink."""
-        return self._out_bytes
+        return self.outbox.nbytes
 
 
 class Room:
-    """A named room: members in join order, recent history, pending batch."""
+    """A named room: members in join order, operators, topic, recent history, pending batch."""
 
-    __slots__ = ("_batch", "_cursors", "_excluded", "_pieces", "history", "key", "members", "name")
+    __slots__ = (
+        "_batch",
+        "_cursors",
+        "_encoded",
+        "_excluded",
+        "history",
+        "key",
+        "members",
+        "name",
+        "operators",
+        "topic",
+        "topic_locked",
+    )
 
     def __init__(self, name: str, history: int) -> None:
         self.name = name
         self.key = fold(name)
         self.members: dict[Member, None] = {}
+        #: Members of this node who are the room's operators.
+        self.operators: set[Member] = set()
+        self.topic = ""
+        #: Whether only operators may set the topic (IRC's ``+t``; the default).
+        self.topic_locked = True
         self.history: deque[ChatEvent] = deque(maxlen=history)
         self._batch: list[ChatEvent] = []
-        # The batch encoded with the default encoder, filled as needed: each event is encoded once.
-        self._pieces: list[bytes] = []
-        # Batch positions hidden from one member (its own chat lines).
+        # The batch encoded once per encoder present, filled as needed: encoder -> bytes per event.
+        self._encoded: dict[Encoder, list[bytes]] = {}
+        # Batch positions hidden from one member (its own chat lines, or a member-wide
+        # event it already got through another room).
         self._excluded: list[tuple[int, Member]] = []
         # Members that already hold batch[:n] (they joined, or were caught up, mid-batch).
         self._cursors: dict[Member, int] = {}
@@ -130,13 +165,9 @@ class Room:
     def __repr__(self) -> str:
         return f"<Room {self.name!r} members={len(self.members)}>"
 
-
-@dataclass(frozen=True, slots=True)
-class RoomInfo:
-    """A room's name and member count, as listed by ``/rooms``."""
-
-    name: str
-    members: int
+    def info(self) -> RoomInfo:
+        """The room's name, member count and topic."""
+        return RoomInfo(self.name, len(self.members), self.topic)
 
 
 @dataclass(frozen=True, slots=True)

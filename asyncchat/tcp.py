@@ -239,7 +239,7 @@ class TcpServer:
         transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
         transport.set_protocol(connection)
         connection.member = member
-        member._write = transport.write  # what Connection.write would do, one call less per flush
+        member.outbox.write = transport.write  # what Connection.write would do, one call less per flush
         self._connections.add(connection)
         logger.info("connection %d from %s", member.id, shown)
         connection.session = Session(self.hub, member, now=self.loop.time(), extra_commands=self.commands)

@@ -215,7 +215,7 @@ async def test_hubs_share_rooms_across_nodes(make_bus: Callable[..., Awaitable[A
         for i in range(50):
             assert await bob.line() == f"alice: line {i}"
         await carol.send("/who")
-        await carol.expect("*** members of lobby (3): bob, carol, alice")
+        await carol.expect("*** members of lobby (3): @bob, carol, alice")
         await bob.send("/join den")
         await alice.expect("* bob left lobby")
         await alice.send("/rooms")

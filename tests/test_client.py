@@ -320,7 +320,7 @@ async def test_unix_socket(hub: Hub) -> None:
         path = os.path.join(tmp, "chat.sock")
         async with serve_tcp(hub, unix=path), connect_unix(path, nick="alice") as chat:
             await chat.send_line("/who")
-            await until(chat, Notice("members of lobby (1): alice"))
+            await until(chat, Notice("members of lobby (1): @alice"))
 
 
 async def test_reconnecting_retries_then_connects(hub: Hub) -> None:
@@ -442,7 +442,7 @@ async def test_udp_keepalive_keeps_member_while_silent_one_expires() -> None:
         assert not alice.closed
         assert hub.find("alice") is not None
         await alice.send_line("/who")
-        await until(alice, Notice("members of lobby (1): alice"))
+        await until(alice, Notice("members of lobby (1): @alice"))
 
 
 async def test_udp_server_gone_is_detected_by_keepalive() -> None:
@@ -496,7 +496,7 @@ async def test_terminal_main_piped_in_process(tcp_server: TcpServer) -> None:
             assert await thread == 0
     lines = stdout.getvalue().splitlines()
     assert "* carol joined lobby" in lines
-    assert "*** members of lobby (2): bob, carol" in lines
+    assert "*** members of lobby (2): @bob, carol" in lines
     assert lines[-1] == "*** closing: goodbye"
 
 

@@ -102,7 +102,7 @@ def test_one_write_per_member_per_flush(hub: Hub) -> None:
     bob.send("/who")
     hub.flush()
     assert len(bob.sink.writes) == 1
-    assert bob.sink.lines()[-2:] == ["alice: line 99", "*** members of lobby (2): alice, bob"]
+    assert bob.sink.lines()[-2:] == ["alice: line 99", "*** members of lobby (2): @alice, bob"]
 
 
 def test_reply_after_room_lines_queued_before_it(hub: Hub) -> None:
@@ -161,7 +161,7 @@ def test_commands(hub: Hub) -> None:
     bob.read()
     alice.send("/who", "/msg bob psst", "/msg nobody x", "/msg alice me", "/frob", "//not a command", "/me dances")
     assert alice.read() == [
-        "*** members of lobby (2): alice, bob",
+        "*** members of lobby (2): @alice, bob",
         "[pm to bob] psst",
         "! no member named 'nobody'",
         "! you cannot send a private message to yourself",
@@ -282,13 +282,13 @@ def test_max_members_and_per_ip() -> None:
     from asyncchat import Refused
 
     hub = Hub(limits=Limits(max_members=3, max_per_ip=2))
-    hub.connect(RecordingSink(), kind="t", ip="1.1.1.1")
-    hub.connect(RecordingSink(), kind="t", ip="1.1.1.1")
+    hub.connect(RecordingSink(), kind="t", ip="1.1.1.1", now=0.0)
+    hub.connect(RecordingSink(), kind="t", ip="1.1.1.1", now=0.0)
     with pytest.raises(Refused, match=r"too many connections from 1\.1\.1\.1"):
-        hub.connect(RecordingSink(), kind="t", ip="1.1.1.1")
-    hub.connect(RecordingSink(), kind="t", ip="2.2.2.2")
+        hub.connect(RecordingSink(), kind="t", ip="1.1.1.1", now=0.0)
+    hub.connect(RecordingSink(), kind="t", ip="2.2.2.2", now=0.0)
     with pytest.raises(Refused, match=r"server is full \(3 members\)"):
-        hub.connect(RecordingSink(), kind="t", ip="3.3.3.3")
+        hub.connect(RecordingSink(), kind="t", ip="3.3.3.3", now=0.0)
     assert hub.statistics().refused == {"per-ip": 1, "full": 1}
 
 
@@ -383,7 +383,7 @@ def test_large_rooms_do_not_announce_every_join_and_leave() -> None:
     assert alice.read() == []
     carol.send("hi", "/who")
     assert alice.read() == ["carol: hi"]
-    assert carol.read() == ["*** members of lobby (3): alice, bob, carol"]
+    assert carol.read() == ["*** members of lobby (3): @alice, bob, carol"]
     carol.send("/join games")
     assert carol.read() == ["* carol left lobby", "* carol joined games"]
     assert alice.read() == []

@@ -142,7 +142,7 @@ async def test_tcp_and_udp_members_on_two_nodes_share_the_lobby(redis_server: Re
                 while (line := await dave.receive_line()) != "[pm from alice] psst":
                     pass
             await alice.send("/who")
-            await alice.expect("*** members of lobby (2): alice, dave")
+            await alice.expect("*** members of lobby (2): @alice, dave")
         await alice.expect("* dave left lobby (quit)")
         await alice.close()
     assert line
@@ -157,7 +157,7 @@ async def test_kill_9_of_a_node_removes_its_members(redis_server: RedisServer, n
             await alice.send("hi bob")
             await bob.expect("alice: hi bob")  # node a's member list reached the new node before this
             await bob.send("/who")
-            assert await bob.line() == "*** members of lobby (2): bob, alice"
+            assert await bob.line() == "*** members of lobby (2): @bob, alice"
             await alice.send("/msg bob are you there?")
             await bob.expect("[pm from alice] are you there?")
             os.kill(process.pid, signal.SIGKILL)
@@ -165,7 +165,7 @@ async def test_kill_9_of_a_node_removes_its_members(redis_server: RedisServer, n
             await alice.expect("* bob left lobby (node timed out)")
             await bob.close()
         await alice.send("/who")
-        await alice.expect("*** members of lobby (1): alice")
+        await alice.expect("*** members of lobby (1): @alice")
         await alice.send("/msg bob still there?")
         await alice.expect("! no member named 'bob'")
         # bob's name expires with its claim (node_timeout after the last heartbeat).
@@ -280,7 +280,7 @@ async def test_lines_sent_before_the_claim_is_answered_are_kept(redis_server: Re
         await alice.send_raw(b"bob\nalice\nfirst\n/who\n")  # one write: taken, then alice, then chat
         assert await alice.line() == "! nickname 'bob' is taken"
         await alice.expect("* alice joined lobby")
-        await alice.expect("*** members of lobby (2): alice, bob")
+        await alice.expect("*** members of lobby (2): @alice, bob")
         await bob.expect("alice: first")
         await alice.close()
         await bob.close()

@@ -29,6 +29,65 @@ async def test_two_nc_style_clients_chat(tcp_server: TcpServer) -> None:
         assert await alice.line() == "* bob left lobby (connection closed)"
 
 
+async def test_topic_kick_op_and_deop(tcp_server: TcpServer) -> None:
+    async with (
+        await LineClient.connect(tcp_server.address, "alice") as alice,
+        await LineClient.connect(tcp_server.address, "bob") as bob,
+        await LineClient.connect(tcp_server.address, "carol") as carol,
+    ):
+        await alice.expect("* carol joined lobby")
+        await bob.expect("* carol joined lobby")
+        await bob.send("/topic mine now")
+        assert await bob.line() == "! only operators of lobby may set its topic"
+        await alice.send("/topic welcome, be nice")
+        for client in (alice, bob, carol):
+            assert await client.line() == "* alice set the topic of lobby: welcome, be nice"
+        await carol.send("/topic")
+        assert await carol.line() == "*** topic of lobby: welcome, be nice"
+        await alice.send("/op bob")
+        for client in (alice, bob, carol):
+            assert await client.line() == "* alice made bob an operator of lobby"
+        await carol.send("/who")
+        assert await carol.line() == "*** members of lobby (3): @alice, @bob, carol"
+        await bob.send("/deop alice")
+        for client in (alice, bob, carol):
+            assert await client.line() == "* bob removed alice as operator of lobby"
+        await alice.send("/kick carol")
+        assert await alice.line() == "! you are not an operator of lobby"
+        await bob.send("/kick carol enough")
+        for client in (alice, bob, carol):
+            assert await client.line() == "* carol was kicked from lobby by bob (enough)"
+        await carol.send("still here?")
+        assert await carol.line() == "! you are not in a room; /join one"
+        await carol.send("/join lobby")
+        history = await carol.expect("* carol joined lobby")  # history first: topic and kick lines are kept
+        assert history == [
+            "* alice set the topic of lobby: welcome, be nice",
+            "* carol was kicked from lobby by bob (enough)",
+        ]
+        assert await carol.line() == "*** topic of lobby: welcome, be nice"
+        await alice.send("/who")
+        assert await alice.line() == "* carol joined lobby"
+        assert await alice.line() == "*** members of lobby (3): alice, @bob, carol"
+
+
+async def test_error_codes_for_programs(tcp_server: TcpServer) -> None:
+    async with await LineClient.connect(tcp_server.address, "alice") as alice:
+        reader, writer = await asyncio.open_connection(*tcp_server.address)
+        async with await LineClient.start(reader, writer, None) as bob:
+            await bob.send("/codes on", "ALICE", "bob", "/kick alice", "/msg nobody hi")
+            assert await bob.lines(5) == [
+                "! [nick-taken] nickname 'ALICE' is taken",
+                "*** you are bob; /help lists the commands",
+                "* bob joined lobby",
+                "! [not-operator] you are not an operator of lobby",
+                "! [no-such-nick] no member named 'nobody'",
+            ]
+            await bob.send("/codes off", "/kick alice")
+            assert await bob.line() == "! you are not an operator of lobby"
+        await alice.expect("* bob left lobby (connection closed)")
+
+
 async def test_every_command(tcp_server: TcpServer) -> None:
     async with (
         await LineClient.connect(tcp_server.address, "alice") as alice,
@@ -36,7 +95,7 @@ async def test_every_command(tcp_server: TcpServer) -> None:
     ):
         await alice.expect("* bob joined lobby")
         await alice.send("/who")
-        assert await alice.line() == "*** members of lobby (2): alice, bob"
+        assert await alice.line() == "*** members of lobby (2): @alice, bob"
         await alice.send("/rooms")
         assert await alice.line() == "*** rooms (1): lobby (2)"
         await alice.send("/msg bob secret")
@@ -203,7 +262,7 @@ async def test_ipv6_loopback(hub: Hub, family: str) -> None:
         pytest.skip("no IPv6 on this machine")
     async with serve_tcp(hub, host="::1", port=0) as server, await LineClient.connect(server.address, "six") as six:
         await six.send("/who")
-        assert await six.line() == "*** members of lobby (1): six"
+        assert await six.line() == "*** members of lobby (1): @six"
 
 
 async def test_refusals_are_logged_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:

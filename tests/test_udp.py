@@ -251,9 +251,9 @@ async def test_classic_client_chats_with_tcp_member(
             assert await in_thread(bob.wait_for, "alice: hello bob")
 
             await alice.send("/who")
-            await alice.expect("*** members of lobby (2): alice, bob")
+            await alice.expect("*** members of lobby (2): @alice, bob")
             bob.say("/who")
-            assert await in_thread(bob.wait_for, "*** members of lobby (2): alice, bob")
+            assert await in_thread(bob.wait_for, "*** members of lobby (2): @alice, bob")
 
             # A human with the classic client verifies by typing the token it saw.
             notice = await in_thread(bob.wait_for_prefix, "*** to receive all messages, send /verify ")
@@ -353,7 +353,7 @@ async def test_shutdown_tells_every_udp_member(hub: Hub, tcp_server: Any) -> Non
             left = {await alice.line(), await alice.line()}
             assert left == {"* bob left lobby (server shutting down)", "* carol left lobby (server shutting down)"}
             await alice.send("/who")
-            await alice.expect("*** members of lobby (1): alice")
+            await alice.expect("*** members of lobby (1): @alice")
             await server.aclose()  # twice is fine
         finally:
             bob.close()
@@ -507,7 +507,7 @@ async def test_strict_mode_bound_and_login(tcp_server: Any, hub: Hub) -> None:
             assert total <= AMPLIFICATION_FACTOR * (7 + 50)
             assert hub.find("mallory") is None
             await alice.send("/who")
-            await alice.expect("*** members of lobby (1): alice")
+            await alice.expect("*** members of lobby (1): @alice")
         finally:
             sock.close()
             probe.close()
@@ -576,7 +576,7 @@ async def test_burst_hits_the_session_rate_limit(tcp_server: Any) -> None:
             bob.send("\n".join(f"spam {i}" for i in range(50)))
             await bob.expect("! slow down: at most 1 lines per second; line dropped")
             await alice.send("/who")
-            seen = await alice.expect("*** members of lobby (2): alice, bob")
+            seen = await alice.expect("*** members of lobby (2): @alice, bob")
             assert 1 <= len(seen) <= 5
             assert hub.statistics().rate_limited >= 40
         finally:

@@ -49,7 +49,12 @@ _LIMIT_FLAGS: dict[str, tuple[str, str, str]] = {
         "lines refused in a row by the rate limit before disconnecting",
     ),
     "max_members": ("--max-members", "N", "members across all transports"),
-    "max_per_ip": ("--max-per-ip", "N", "connections (or UDP members) per source IP address"),
+    "max_per_ip": (
+        "--max-per-ip",
+        "N",
+        "connections (or UDP members) per source: an IPv4 address, or an IPv6 network of --ipv6-prefix bits",
+    ),
+    "ipv6_prefix_bits": ("--ipv6-prefix", "BITS", "IPv6 sources in one network of this prefix count as one source"),
     "presence_max_members": (
         "--presence-max-members",
         "N",

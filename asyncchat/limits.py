@@ -60,6 +60,9 @@ class Limits:
     idle_timeout: float = 3600.0
     #: Seconds of silence after which a UDP member expires.
     udp_idle_timeout: float = 120.0
+    #: UDP addresses waiting to be verified, kept apart from ``max_members``; when full,
+    #: the oldest is forgotten.
+    udp_max_unverified: int = 1_024
     #: Seconds allowed for flushing queued output at shutdown.
     shutdown_timeout: float = 5.0
 

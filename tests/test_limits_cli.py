@@ -80,6 +80,7 @@ def test_every_flag_sets_its_field() -> None:
         (["--rate", "0"], "rate_lines_per_second must be > 0"),
         (["--login-timeout", "-1"], "login_timeout must be > 0"),
         (["--ipv6-prefix", "129"], "ipv6_prefix_bits must be <= 128"),
+        (["--udp-max-unverified", "0"], "udp_max_unverified must be > 0"),
         (["--slow-consumer", "ignore"], "invalid choice"),
         (["--tls-cert", "only.pem"], "--tls-cert and --tls-key must be given together"),
     ],

@@ -50,6 +50,7 @@ _UPKEEP_SECONDS = 0.1
 #: The first UDP datagram: a blank line padded to 64 bytes (buys the server's first reply).
 _UDP_PROBE = b" " * 63 + b"\n"
 _TOKEN = re.compile(rb"send /verify (\S+)")
+_VERIFIED = b"*** address verified"
 _KEEPALIVE = b"/ping keepalive\n"
 
 
@@ -262,6 +263,9 @@ class UdpPeer(Member, asyncio.DatagramProtocol):
                 token = _TOKEN.search(data)
                 if token is not None:
                     self.pending = b"/verify " + token[1] + b"\n" + self.login_lines()
+                    self.send(self.pending)
+                elif _VERIFIED in data:  # a trusted source (the server's loopback default): no token
+                    self.pending = self.login_lines()
                     self.send(self.pending)
             self._setup(data)
         elif self.state == SYNC:

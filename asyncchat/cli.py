@@ -22,8 +22,9 @@ from typing import Any
 from . import __version__
 from .hub import Hub
 from .limits import Limits, SlowConsumerPolicy
+from .netaddr import LOOPBACK, IPNetwork, parse_networks
 
-__all__ = ["build_parser", "limits_from_args", "new_event_loop", "run", "server_tls_context"]
+__all__ = ["build_parser", "limits_from_args", "new_event_loop", "run", "server_tls_context", "udp_trust_from_args"]
 
 logger = logging.getLogger("asyncchat")
 
@@ -49,7 +50,12 @@ _LIMIT_FLAGS: dict[str, tuple[str, str, str]] = {
         "lines refused in a row by the rate limit before disconnecting",
     ),
     "max_members": ("--max-members", "N", "members across all transports"),
-    "max_per_ip": ("--max-per-ip", "N", "connections (or UDP members) per source IP address"),
+    "max_per_ip": (
+        "--max-per-ip",
+        "N",
+        "connections (or UDP members) per source: an IPv4 address, or an IPv6 network of --ipv6-prefix bits",
+    ),
+    "ipv6_prefix_bits": ("--ipv6-prefix", "BITS", "IPv6 sources in one network of this prefix count as one source"),
     "presence_max_members": (
         "--presence-max-members",
         "N",
@@ -59,6 +65,11 @@ _LIMIT_FLAGS: dict[str, tuple[str, str, str]] = {
     "login_timeout": ("--login-timeout", "SECONDS", "time a new connection has to choose a nickname"),
     "idle_timeout": ("--idle-timeout", "SECONDS", "silence after which a TCP member is disconnected"),
     "udp_idle_timeout": ("--udp-idle-timeout", "SECONDS", "silence after which a UDP member expires"),
+    "udp_max_unverified": (
+        "--udp-max-unverified",
+        "N",
+        "UDP addresses waiting to be verified (not counted in --max-members); when full the oldest is forgotten",
+    ),
     "shutdown_timeout": ("--shutdown-timeout", "SECONDS", "time allowed for flushing output at shutdown"),
 }
 
@@ -91,6 +102,14 @@ def build_parser(prog: str, *, tcp: bool, udp: bool) -> argparse.ArgumentParser:
             "--udp-strict",
             action="store_true",
             help="a UDP address must echo its verification token before its nickname is accepted",
+        )
+        parser.add_argument(
+            "--udp-trust",
+            action="append",
+            metavar="CIDR",
+            default=None,
+            help="UDP sources in this range are verified without a token (repeatable; replaces the default "
+            "127.0.0.0/8 and ::1, which cannot be forged from another host; 'none' trusts nothing)",
         )
     parser.add_argument(
         "--log-level",
@@ -147,6 +166,23 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
     return Limits(**values)
 
 
+def udp_trust_from_args(values: Sequence[str] | None) -> tuple[IPNetwork, ...]:
+    """The trusted UDP ranges that ``--udp-trust`` options describe (raises ``ValueError`` if malformed).
+
+    No option means the loopback ranges; ``none`` (alone) means no range.
+    """
+    if values is None:
+        return LOOPBACK
+    if any(value.strip().lower() == "none" for value in values):
+        if len(values) > 1:
+            raise ValueError("--udp-trust none cannot be combined with address ranges")
+        return ()
+    try:
+        return parse_networks(values)
+    except ValueError as exc:
+        raise ValueError(f"--udp-trust: {exc}") from None
+
+
 def server_tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
     """The server's TLS context for *cert* and *key* (PEM files), or ``None`` if neither is given.
 
@@ -192,6 +228,7 @@ async def _serve(
     udp: bool,
     bus: Any = None,
     tls: ssl.SSLContext | None = None,
+    trust: tuple[IPNetwork, ...] = LOOPBACK,
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -208,7 +245,9 @@ async def _serve(
         if udp:
             from .udp import serve_udp
 
-            await stack.enter_async_context(serve_udp(hub, host=args.host, port=args.udp_port, strict=args.udp_strict))
+            await stack.enter_async_context(
+                serve_udp(hub, host=args.host, port=args.udp_port, strict=args.udp_strict, trust=trust)
+            )
         if args.stats_interval > 0:
             from .runtime import attach
 
@@ -230,6 +269,12 @@ def run(argv: Sequence[str] | None, *, prog: str, tcp: bool, udp: bool) -> int:
         limits = limits_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
+    trust = LOOPBACK
+    if udp:
+        try:
+            trust = udp_trust_from_args(args.udp_trust)
+        except ValueError as exc:
+            parser.error(str(exc))
     tls = None
     if tcp:
         try:
@@ -256,7 +301,7 @@ def run(argv: Sequence[str] | None, *, prog: str, tcp: bool, udp: bool) -> int:
     hub = Hub(limits=limits, bus=bus)
     try:
         with asyncio.Runner(loop_factory=new_event_loop(args.loop)) as runner:
-            runner.run(_serve(args, hub, tcp=tcp, udp=udp, bus=bus, tls=tls))
+            runner.run(_serve(args, hub, tcp=tcp, udp=udp, bus=bus, tls=tls, trust=trust))
     except OSError as exc:
         logger.error("cannot serve: %s", exc)
         return 1

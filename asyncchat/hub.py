@@ -52,6 +52,7 @@ from .events import (
 )
 from .limits import Limits
 from .members import BotSink, HubStatistics, Member, Observer, Room, Sink
+from .netaddr import source_key
 from .protocol import DEFAULT_ROOM, check_nick, check_room, fold
 
 __all__ = ["Hub", "HubStatistics", "Member", "RoomInfo", "Sink"]
@@ -164,11 +165,12 @@ class Hub:
             self._count(self._refused, "full")
             raise Refused("full", f"server is full ({limits.max_members} members)")
         if ip:
-            count = self._per_ip.get(ip, 0)
+            source = source_key(ip, limits.ipv6_prefix_bits)  # an IPv6 /64 is one source
+            count = self._per_ip.get(source, 0)
             if count >= limits.max_per_ip:
                 self._count(self._refused, "per-ip")
-                raise Refused("per-ip", f"too many connections from {ip} (limit {limits.max_per_ip})")
-            self._per_ip[ip] = count + 1
+                raise Refused("per-ip", f"too many connections from {source} (limit {limits.max_per_ip})")
+            self._per_ip[source] = count + 1
         member = Member(next(self._ids), sink, kind, peer or ip or kind, ip, now)
         self._members[member] = None
         logger.debug("connect %r", member)
@@ -449,6 +451,7 @@ class Hub:
                 self._cluster.release(member.key)
         ip = member.ip
         if ip:
+            ip = source_key(ip, self.limits.ipv6_prefix_bits)  # the key connect() counted (limits are frozen)
             left = self._per_ip.get(ip, 1) - 1
             if left:
                 self._per_ip[ip] = left

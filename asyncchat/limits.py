@@ -45,8 +45,11 @@ class Limits:
     rate_disconnect_after: int = 200
     #: Members (logged in or not) across all transports of one hub.
     max_members: int = 10_000
-    #: Simultaneous connections (or UDP members) from one source IP address.
+    #: Simultaneous connections (or UDP members) from one source: an IPv4
+    #: address, or an IPv6 network of ``ipv6_prefix_bits`` (see :func:`asyncchat.netaddr.source_key`).
     max_per_ip: int = 100
+    #: Prefix length, in bits, of the IPv6 network counted as one source by ``max_per_ip`` (1-128).
+    ipv6_prefix_bits: int = 64
     #: Largest room, in members, that announces every join and leave to everyone.
     presence_max_members: int = 1_000
     #: Rooms that may exist at once.
@@ -57,6 +60,9 @@ class Limits:
     idle_timeout: float = 3600.0
     #: Seconds of silence after which a UDP member expires.
     udp_idle_timeout: float = 120.0
+    #: UDP addresses waiting to be verified, kept apart from ``max_members``; when full,
+    #: the oldest is forgotten.
+    udp_max_unverified: int = 1_024
     #: Seconds allowed for flushing queued output at shutdown.
     shutdown_timeout: float = 5.0
 
@@ -68,5 +74,7 @@ class Limits:
                     raise ValueError(f"Limits.history_lines must be >= 0, not {value!r}")
             elif isinstance(value, int | float) and not value > 0:
                 raise ValueError(f"Limits.{field.name} must be > 0, not {value!r}")
+        if self.ipv6_prefix_bits > 128:
+            raise ValueError(f"Limits.ipv6_prefix_bits must be <= 128, not {self.ipv6_prefix_bits}")
         if self.max_line_bytes < 64:
             raise ValueError(f"Limits.max_line_bytes must be >= 64, not {self.max_line_bytes}")

@@ -20,15 +20,24 @@ The wire contract (the classic tutorial client works unchanged):
   alive).  An ICMP "port unreachable" for a member's address (Linux reports
   it with ``IP_RECVERR``) removes that member at once.
 
-Anti-amplification (source addresses can be forged): until an address is
-*verified* the payload bytes sent to it never exceed
-``FIRST_REPLY_ALLOWANCE + 3 * payload bytes received from it`` (in strict
-mode ``3 *`` received, no allowance).  Lines that do not fit are dropped and
-counted; where the budget allows, the member is told how to verify.  An
-address is verified by echoing the short random token the server sent it:
-a line ``/verify TOKEN`` or the bare token.  With ``strict=True`` nothing
-but the token is accepted before verification: the first line received is
-kept as the nickname and used once the address is verified.
+Trust and verification (source addresses can be forged):
+
+* A source in a *trusted* range (``trust=``; by default the loopback ranges
+  ``127.0.0.0/8`` and ``::1``, which Linux never accepts from outside) is
+  verified at once: it becomes a hub member with its first datagram.
+* Any other address is *unverified* until it echoes the short token the
+  server sent it (a line ``/verify TOKEN``, or the bare token).  The token is
+  a keyed hash of the address, so an address whose entry was forgotten can
+  still verify with it.  Until then the address is not a hub member: it
+  waits in a table of at most ``Limits.udp_max_unverified`` entries (the
+  oldest is forgotten when it is full; an entry lives ``Limits.login_timeout``
+  seconds), outside ``max_members`` and ``max_per_ip``, and keeps only its
+  counters and the nickname it asked for, which it gets once verified.  The
+  payload bytes sent to it never exceed ``FIRST_REPLY_ALLOWANCE + 3 * payload
+  bytes received from it`` (strict mode: ``3 *``, no allowance); lines that
+  do not fit are dropped and counted.  It gets the welcome, an error for a
+  bad or taken nickname, and ``*** to join, send /verify TOKEN``; in strict
+  mode only the last, and its first line is kept as the nickname unchecked.
 """
 
 from __future__ import annotations
@@ -43,23 +52,26 @@ import secrets
 import socket
 import struct
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from . import runtime
 from ._udpwire import MAX_DATAGRAM, classic_line, pack_datagrams, split_lines, strip_own_prefix
-from .errors import ProtocolError, Refused
-from .events import Error, Notice
+from .errors import NameTaken, ProtocolError, Refused
+from .events import ChatEvent, Closing, Error, Greeting, Notice
 from .framing import split_datagram
 from .hub import Hub, Member
-from .protocol import encode
+from .netaddr import LOOPBACK, IPNetwork, in_networks, parse_networks
+from .protocol import check_nick, encode
 from .runtime import Runtime, attach
 from .session import CommandHandler, Session
 
 __all__ = [
     "AMPLIFICATION_FACTOR",
     "FIRST_REPLY_ALLOWANCE",
+    "LOOPBACK",
     "MAX_DATAGRAM",
     "UdpPeer",
     "UdpServer",
@@ -76,10 +88,10 @@ logger = logging.getLogger("asyncchat.udp")
 
 #: An unverified address gets at most this many times the payload bytes it sent.
 AMPLIFICATION_FACTOR = 3
-#: One-time payload allowance, in bytes, for the login reply to an unverified
+#: One-time payload allowance, in bytes, for the first reply to an unverified
 #: address in the default mode: the classic client's 5-byte name must buy the
-#: welcome, the token notice, ``you are ...`` and the join line (~210 bytes
-#: plus twice the nickname), which ``3 x 5`` bytes cannot.  0 in strict mode.
+#: welcome and ``*** to join, send /verify TOKEN`` (~130 bytes, ~210 with an
+#: error about the nickname), which ``3 x 5`` bytes cannot.  0 in strict mode.
 FIRST_REPLY_ALLOWANCE = 256
 #: Wrong verification tokens an address may send before it is dropped.
 MAX_VERIFY_ATTEMPTS = 5
@@ -97,6 +109,8 @@ _UNREACHABLE = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH}
 _MAX_ERRQUEUE_READS = 1024
 
 _VERIFY = re.compile(r"/verify(?:\s+(\S+))?\s*", re.IGNORECASE)
+_WELCOME = Greeting()
+_WELCOME_BYTES = encode(_WELCOME)
 
 
 def _peer_name(addr: Any) -> tuple[str, str]:
@@ -108,14 +122,20 @@ def _peer_name(addr: Any) -> tuple[str, str]:
 
 
 class UdpPeer:
-    """One UDP address: the hub's sink for its member, plus its amplification budget."""
+    """One UDP address: the hub's sink for its member, plus its amplification budget.
+
+    An unverified address has no member and no session: it is an entry of
+    the server's unverified table (``member is None``), and keeps only its
+    counters and :attr:`pending_name`.
+    """
 
     __slots__ = (
         "_attempts",
-        "_hint_due",
+        "_greeted",
         "_server",
         "address",
         "closed",
+        "created",
         "key",
         "member",
         "pending_name",
@@ -123,29 +143,36 @@ class UdpPeer:
         "sent",
         "session",
         "token",
+        "trusted",
         "verified",
     )
 
-    def __init__(self, server: UdpServer, address: Any, key: tuple[str, int]) -> None:
+    def __init__(self, server: UdpServer, address: Any, key: tuple[str, int], token: str, now: float) -> None:
         self._server = server
         self.address = address
         self.key = key
         self.member: Member | None = None
         self.session: Session | None = None
-        self.token = secrets.token_hex(4)
+        self.token = token
+        self.created = now
+        #: Verified by echoing its token, or trusted.
         self.verified = False
+        #: From a trusted range: verified without a token.
+        self.trusted = False
         #: Payload bytes received from / sent to this address.
         self.received = 0
         self.sent = 0
-        #: Strict mode: the first line received, used as the nickname once verified.
+        #: Unverified: the nickname asked for, used once the address is verified.
         self.pending_name = ""
         self.closed = False
         self._attempts = 0
-        self._hint_due = 0
+        #: Sent the welcome while unverified: the session's own is not sent again.
+        self._greeted = False
 
     def __repr__(self) -> str:
-        state = "verified" if self.verified else "unverified"
-        return f"<UdpPeer {self.member!r} {state} in={self.received} out={self.sent}>"
+        state = "trusted" if self.trusted else "verified" if self.verified else "unverified"
+        who = self.member if self.member is not None else _peer_name(self.address)[0]
+        return f"<UdpPeer {who!r} {state} in={self.received} out={self.sent}>"
 
     @property
     def budget(self) -> int | None:
@@ -169,7 +196,9 @@ class UdpPeer:
 class UdpStatistics:
     """Counters of one :class:`UdpServer` since it started (see :meth:`UdpServer.statistics`)."""
 
+    #: Addresses in the tables now: members plus unverified entries.
     peers: int
+    #: Members now (each verified or trusted).
     verified: int
     datagrams_in: int
     bytes_in: int
@@ -186,6 +215,14 @@ class UdpStatistics:
     refused: int
     errors_received: int
     unreachable: int
+    #: Unverified addresses in their table now (at most ``Limits.udp_max_unverified``).
+    unverified: int = 0
+    #: Addresses admitted at once because their source is trusted.
+    trusted: int = 0
+    #: Unverified addresses forgotten because their table was full (the oldest first).
+    evicted_unverified: int = 0
+    #: Unverified addresses forgotten after ``Limits.login_timeout`` seconds.
+    expired_unverified: int = 0
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -210,9 +247,12 @@ class _Protocol(asyncio.DatagramProtocol):
 class UdpServer:
     """A running UDP room for one hub; use it as ``async with serve_udp(...)``.
 
-    Leaving the ``async with`` block shuts down gracefully: every UDP member
-    gets ``*** closing: server is shutting down`` (within its budget if
-    unverified) and the socket closes within ``Limits.shutdown_timeout``.
+    *trust* lists the source ranges verified without a token (CIDR strings or
+    :mod:`ipaddress` networks; ``()`` trusts nothing); a bad range raises
+    :class:`ValueError`.  Leaving the ``async with`` block shuts down
+    gracefully: every UDP address gets ``*** closing: server is shutting
+    down`` (within its budget if unverified) and the socket closes within
+    ``Limits.shutdown_timeout``.
     """
 
     def __init__(
@@ -223,26 +263,32 @@ class UdpServer:
         port: int = 8000,
         strict: bool = False,
         commands: dict[str, CommandHandler] | None = None,
+        trust: Iterable[str | IPNetwork] = LOOPBACK,
     ) -> None:
         self.hub = hub
         self.host = host
         self.port = port
         self.strict = strict
         self.commands = commands
+        #: The source ranges verified without a token.
+        self.trust: tuple[IPNetwork, ...] = parse_networks(trust)
         self.max_datagram_in = max(hub.limits.max_line_bytes + 2, MAX_DATAGRAM)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._transport: asyncio.DatagramTransport | None = None
         self._protocol: _Protocol | None = None
         self._runtime: Runtime | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._errsock: socket.socket | None = None
-        self._peers: dict[tuple[str, int], UdpPeer] = {}
+        self._peers: dict[tuple[str, int], UdpPeer] = {}  # members
+        self._unverified: dict[tuple[str, int], UdpPeer] = {}  # oldest first
+        self._secret = secrets.token_bytes(16)
         self._closing = False
         self._in_send = False
         self._send_failed = False
         self._refusal_logged = -1e9
+        self._eviction_logged = -1e9
         self._counts = dict.fromkeys(
             (
-                "verified",
                 "datagrams_in",
                 "bytes_in",
                 "datagrams_out",
@@ -255,13 +301,16 @@ class UdpServer:
                 "refused",
                 "errors_received",
                 "unreachable",
+                "trusted",
+                "evicted_unverified",
+                "expired_unverified",
             ),
             0,
         )
 
     def __repr__(self) -> str:
         where = self.address if self._transport is not None else "closed"
-        return f"<UdpServer {where} peers={len(self._peers)}{' strict' if self.strict else ''}>"
+        return f"<UdpServer {where} peers={self.peers}{' strict' if self.strict else ''}>"
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -280,18 +329,19 @@ class UdpServer:
 
     @property
     def peers(self) -> int:
-        """Addresses currently in the table (members, named or not)."""
-        return len(self._peers)
+        """Addresses currently known: members (named or not) and unverified addresses."""
+        return len(self._peers) + len(self._unverified)
 
     def peer(self, address: Any) -> UdpPeer | None:
-        """The table entry of *address* (``(host, port)``), or ``None``."""
-        return self._peers.get((address[0], address[1]))
+        """The table entry of *address* (``(host, port)``), member or unverified, or ``None``."""
+        key = (address[0], address[1])
+        return self._peers.get(key) or self._unverified.get(key)
 
     def statistics(self) -> UdpStatistics:
         """A snapshot of the server's counters."""
-        counts = dict(self._counts)
-        counts["verified"] = sum(1 for peer in self._peers.values() if peer.verified)
-        return UdpStatistics(peers=len(self._peers), **counts)
+        return UdpStatistics(
+            peers=self.peers, verified=len(self._peers), unverified=len(self._unverified), **self._counts
+        )
 
     async def start(self) -> None:
         """Bind the socket.  Raises :class:`OSError` if binding fails."""
@@ -308,7 +358,11 @@ class UdpServer:
         self._transport = transport
         self._protocol = protocol
         self._errsock = self._enable_recverr(transport)
-        logger.info("serving UDP%s on %s:%d", " (strict)" if self.strict else "", *self.address)
+        self._timer = self._loop.call_later(runtime.TICK_SECONDS, self._expire)
+        trusted = ", ".join(map(str, self.trust)) or "none"
+        logger.info(
+            "serving UDP%s on %s:%d; trusted sources: %s", " (strict)" if self.strict else "", *self.address, trusted
+        )
 
     @staticmethod
     def _enable_recverr(transport: asyncio.DatagramTransport) -> socket.socket | None:
@@ -339,7 +393,7 @@ class UdpServer:
         if self._closing:
             return
         key = (addr[0], addr[1])
-        peer = self._peers.get(key)
+        peer = self._peers.get(key) or self._unverified.get(key)
         if size == 0:
             counts["dropped_empty"] += 1
             return
@@ -352,23 +406,58 @@ class UdpServer:
                     error = ProtocolError(f"datagram of {size} bytes exceeds limit of {self.max_datagram_in} bytes")
                     peer.session.receive([error], now)
             return
+        first = peer is None
         if peer is None:
-            peer = self._admit(addr, key, size, now)
+            peer = self._admit(addr, key, now)
             if peer is None:
                 return
         peer.received += size
-        if peer.member is not None:
-            peer.member.last_seen = now  # any datagram proves the member is alive
         items = split_datagram(data, self.hub.limits.max_line_bytes)
         self.hub.note_input(len(items), size)
+        if peer.member is None:
+            rest = self._feed_unverified(peer, items, now, first=first)
+            if rest is None:
+                return
+            items = rest  # verified: the rest of the datagram is the member's
+        assert peer.member is not None
+        peer.member.last_seen = now  # any datagram proves the member is alive
         self._feed(peer, items, now)
-        member = peer.member
-        if peer.session is None and member is not None and not member.closed:
-            self.hub.send(member, Notice(f"to join, send /verify {peer.token}"))
 
-    def _admit(self, addr: Any, key: tuple[str, int], size: int, now: float) -> UdpPeer | None:
+    def _admit(self, addr: Any, key: tuple[str, int], now: float) -> UdpPeer | None:
+        """A new address: a member at once if trusted, else an entry of the unverified table."""
         shown, ip = _peer_name(addr)
-        peer = UdpPeer(self, addr, key)
+        if self.trust and in_networks(ip, self.trust):
+            peer = UdpPeer(self, addr, key, "", now)
+            peer.verified = peer.trusted = True
+            if not self._become_member(peer, now):
+                return None
+            self._counts["trusted"] += 1
+            return peer
+        table = self._unverified
+        limit = self.hub.limits.udp_max_unverified
+        while len(table) >= limit:
+            oldest = table.pop(next(iter(table)))
+            oldest.closed = True
+            self._counts["evicted_unverified"] += 1
+            if now - self._eviction_logged >= 10.0:
+                self._eviction_logged = now
+                logger.warning(
+                    "%d unverified UDP addresses (the limit): forgetting the oldest (%d so far)",
+                    limit,
+                    self._counts["evicted_unverified"],
+                )
+        peer = UdpPeer(self, addr, key, self._token(key), now)
+        table[key] = peer
+        logger.debug("unverified UDP address %s", shown)
+        return peer
+
+    def _token(self, key: tuple[str, int]) -> str:
+        """The address's verification token: a keyed hash, so no state is needed to check it."""
+        return hmac.new(self._secret, f"{key[0]} {key[1]}".encode(), "sha256").hexdigest()[:8]
+
+    def _become_member(self, peer: UdpPeer, now: float) -> bool:
+        """Make a verified or trusted address a hub member; ``False`` if the hub refuses it."""
+        shown, ip = _peer_name(peer.address)
         try:
             member = self.hub.connect(peer, kind="udp", peer=shown, ip=ip, now=now)
         except Refused as exc:
@@ -376,70 +465,111 @@ class UdpServer:
             if now - self._refusal_logged >= 10.0:
                 self._refusal_logged = now
                 logger.warning("refused UDP peer %s: %s (%d refused so far)", shown, exc, self._counts["refused"])
-            reply = encode(Error(str(exc)))
-            # Stateless: answer only within 3x this one datagram.
-            if len(reply) <= AMPLIFICATION_FACTOR * size:
-                self._sendto(reply, addr)
-            return None
+            peer.closed = True
+            self._sendto(encode(Error(str(exc), exc.code)), peer.address)  # verified or trusted: not a reflector
+            return False
         peer.member = member
-        self._peers[key] = peer
-        logger.debug("UDP peer %d from %s", member.id, shown)
-        if not self.strict:
-            peer.session = Session(self.hub, member, now=now, extra_commands=self.commands)
-            self.hub.send(member, Notice(f"to receive all messages, send /verify {peer.token}"))
-        return peer
+        self._peers[peer.key] = peer
+        logger.debug("UDP peer %d from %s%s", member.id, shown, " (trusted)" if peer.trusted else "")
+        peer.session = Session(self.hub, member, now=now, extra_commands=self.commands)
+        self.hub.send(member, Notice("address verified: you receive all messages"))
+        if peer.pending_name:
+            peer.session.receive([peer.pending_name], now)
+        return True
+
+    def _feed_unverified(
+        self, peer: UdpPeer, items: list[str | ProtocolError], now: float, *, first: bool
+    ) -> list[str | ProtocolError] | None:
+        """Handle an unverified address's lines; return those left for its member once it verifies."""
+        strict = self.strict
+        replies: list[ChatEvent] = [] if strict or not first else [_WELCOME]
+        for index, item in enumerate(items):
+            if not isinstance(item, str):
+                if not strict:
+                    replies.append(Error(str(item), item.code))
+                continue
+            name = peer.pending_name
+            # The classic client's "alice:TOKEN" and "alice:q" (q is only for the default mode).
+            line = strip_own_prefix(item, name) if strict or not name else classic_line(item, name)
+            text = line.strip()
+            match = _VERIFY.fullmatch(text)
+            candidate = (match[1] or "") if match is not None else text if text and _same(text, peer.token) else None
+            if candidate is not None:
+                if _same(candidate, peer.token):
+                    self._reply(peer, [reply for reply in replies if reply is not _WELCOME])
+                    return items[index + 1 :] if self._verified(peer, now) else None
+                peer._attempts += 1
+                left = MAX_VERIFY_ATTEMPTS - peer._attempts
+                if left <= 0:
+                    self._drop_unverified(peer, [*replies, Closing("too many wrong verification tokens")])
+                    return None
+                replies.append(Error(f"wrong verification token ({left} tries left)"))
+            elif strict:
+                if not name and text:  # the first line is the nickname, used once verified
+                    peer.pending_name = text[:64]
+            elif not name:
+                if text:  # a nickname attempt: checked now, held until the address verifies
+                    try:
+                        self._check_nick(text)
+                    except ProtocolError as exc:
+                        replies.append(Error(str(exc), exc.code))
+                    else:
+                        peer.pending_name = text
+            elif text.lower() == "/quit" or text.lower().startswith("/quit "):
+                self._drop_unverified(peer, [*replies, Closing("goodbye")])
+                return None
+        replies.append(Notice(f"to join, send /verify {peer.token}"))
+        self._reply(peer, replies)
+        return None
+
+    def _check_nick(self, nick: str) -> None:
+        """Raise if *nick* is invalid or in use here now (the hub decides again at login)."""
+        check_nick(nick)
+        if self.hub.find(nick) is not None:
+            raise NameTaken(f"nickname {nick!r} is taken")
+
+    def _verified(self, peer: UdpPeer, now: float) -> bool:
+        """*peer* echoed its token: it leaves the unverified table and becomes a member if the hub agrees."""
+        self._unverified.pop(peer.key, None)
+        peer.verified = True
+        logger.info("UDP address %s verified", _peer_name(peer.address)[0])
+        return self._become_member(peer, now)
+
+    def _drop_unverified(self, peer: UdpPeer, replies: list[ChatEvent]) -> None:
+        if self._unverified.get(peer.key) is peer:
+            del self._unverified[peer.key]
+        peer.closed = True
+        self._reply(peer, replies)
 
     def _feed(self, peer: UdpPeer, items: list[str | ProtocolError], now: float) -> None:
         member = peer.member
+        session = peer.session
         assert member is not None
+        assert session is not None
         for item in items:
             if member.closed:
                 return
-            session = peer.session
             if isinstance(item, str):
-                if member.nick:
-                    line = classic_line(item, member.nick)
-                elif session is None:  # strict, unverified: "alice:TOKEN" from the classic client
-                    line = strip_own_prefix(item, peer.pending_name)
-                else:
-                    line = item
-                if self._verification(peer, member, line, now):
-                    continue
-                if session is None:  # strict and unverified: keep the first line as the nickname
-                    if not peer.pending_name and line.strip():
-                        peer.pending_name = line.strip()[:64]
+                line = classic_line(item, member.nick) if member.nick else item
+                if _VERIFY.fullmatch(line.strip()) is not None:
+                    self.hub.send(member, Notice("this address is already verified"))
                     continue
                 session.receive([line], now)
-            elif session is not None:
+            else:
                 session.receive([item], now)
 
-    def _verification(self, peer: UdpPeer, member: Member, line: str, now: float) -> bool:
-        """Handle ``/verify TOKEN`` or a bare token; return whether *line* was consumed."""
-        text = line.strip()
-        match = _VERIFY.fullmatch(text)
-        if match is None:
-            if peer.verified or not text or not _same(text, peer.token):
-                return False
-        elif peer.verified:
-            self.hub.send(member, Notice("this address is already verified"))
-            return True
-        elif not _same(match[1] or "", peer.token):
-            peer._attempts += 1
-            left = MAX_VERIFY_ATTEMPTS - peer._attempts
-            if left <= 0:
-                self.hub.disconnect(member, "unverified", notice="too many wrong verification tokens")
-            else:
-                self.hub.send(member, Error(f"wrong verification token ({left} tries left)"))
-            return True
-        peer.verified = True
-        self._counts["verified"] += 1
-        logger.info("UDP peer %d from %s verified", member.id, member.peer)
-        self.hub.send(member, Notice("address verified: you receive all messages"))
-        if peer.session is None:
-            peer.session = Session(self.hub, member, now=now, extra_commands=self.commands)
-            if peer.pending_name:
-                peer.session.receive([peer.pending_name], now)
-        return True
+    def _expire(self) -> None:
+        """Forget unverified addresses older than ``Limits.login_timeout`` (a timer, every tick)."""
+        now = self.loop.time()
+        timeout = self.hub.limits.login_timeout
+        table = self._unverified
+        while table:
+            peer = next(iter(table.values()))  # the oldest
+            if peer.created > now - timeout:
+                break
+            self._counts["expired_unverified"] += 1
+            self._drop_unverified(peer, [Closing(f"not verified within {timeout:g} seconds")])
+        self._timer = self.loop.call_later(runtime.TICK_SECONDS, self._expire)
 
     def _error(self, exc: Exception) -> None:
         """``error_received``: count it; on Linux, drop members whose port is unreachable."""
@@ -468,7 +598,13 @@ class UdpServer:
     def _unreachable(self, addr: Any) -> None:
         if not isinstance(addr, tuple) or len(addr) < 2:
             return
-        peer = self._peers.get((addr[0], addr[1]))
+        key = (addr[0], addr[1])
+        unverified = self._unverified.pop(key, None)
+        if unverified is not None:
+            unverified.closed = True
+            self._counts["unreachable"] += 1
+            return
+        peer = self._peers.get(key)
         if peer is None or peer.member is None:
             return
         self._counts["unreachable"] += 1
@@ -477,42 +613,33 @@ class UdpServer:
 
     # -- output
 
+    def _reply(self, peer: UdpPeer, events: list[ChatEvent]) -> None:
+        """Send *events* to an address that is not a member (within its budget if unverified)."""
+        if events:
+            budget = peer.budget
+            if _WELCOME in events and (budget is None or len(_WELCOME_BYTES) <= budget):
+                peer._greeted = True
+            self._deliver(peer, b"".join(map(encode, events)))
+
     def _deliver(self, peer: UdpPeer, data: bytes) -> None:
+        if peer._greeted and peer.member is not None:
+            # The session's welcome opens its first write: this address already got one.
+            peer._greeted = False
+            if data.startswith(_WELCOME_BYTES):
+                data = data[len(_WELCOME_BYTES) :]
         lines = split_lines(data)
         budget = peer.budget
         if budget is not None:
             kept: list[bytes] = []
-            dropped = 0
-            hint = self._hint(peer)
-            if peer._hint_due and peer.session is not None and len(hint) <= budget:
-                kept.append(hint)
-                budget -= len(hint)
-                peer._hint_due = 0
             for line in lines:
                 if len(line) <= budget:
                     kept.append(line)
                     budget -= len(line)
-                else:
-                    dropped += 1
-            if dropped:
-                self._counts["dropped_unverified"] += dropped
-                peer._hint_due += dropped
-                hint = self._hint(peer)
-                if peer.session is not None and len(hint) <= budget:
-                    kept.append(hint)
-                    peer._hint_due = 0
+            self._counts["dropped_unverified"] += len(lines) - len(kept)
             lines = kept
         for datagram in pack_datagrams(lines):
             peer.sent += len(datagram)
             self._sendto(datagram, peer.address)
-
-    def _hint(self, peer: UdpPeer) -> bytes:
-        return encode(
-            Error(
-                f"{peer._hint_due} lines not sent: an unverified address gets at most "
-                f"{AMPLIFICATION_FACTOR}x what it sends; send /verify {peer.token}"
-            )
-        )
 
     def _sendto(self, datagram: bytes, addr: Any) -> None:
         transport = self._transport
@@ -550,8 +677,14 @@ class UdpServer:
         if transport is None or self._closing:
             return
         self._closing = True  # ignore input from now on; the closing lines still go out
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         members = [peer.member for peer in self._peers.values() if peer.member is not None]
         self.hub.close_all(notice, members=members)
+        unverified, self._unverified = list(self._unverified.values()), {}
+        for peer in unverified:
+            self._drop_unverified(peer, [Closing(notice)])
         self._transport = None
         transport.close()
         if self._protocol is not None:
@@ -596,15 +729,19 @@ def serve_udp(
     port: int = 8000,
     strict: bool = False,
     commands: dict[str, CommandHandler] | None = None,
+    trust: Iterable[str | IPNetwork] = LOOPBACK,
 ) -> UdpServer:
     """Serve *hub* over UDP; use with ``async with``.
 
-    ``port=0`` picks a free port (read it from ``server.address``).  With
-    *strict*, an address must echo its verification token before its
-    nickname is accepted.  *commands* adds ``/name`` commands as for
-    :func:`~asyncchat.tcp.serve_tcp`.
+    ``port=0`` picks a free port (read it from ``server.address``).  Sources
+    in *trust* (CIDR strings or :mod:`ipaddress` networks; by default the
+    loopback ranges, ``()`` for none) are verified at once; any other address
+    must echo its verification token before it becomes a member.  With
+    *strict*, nothing but the token is answered before that.  *commands*
+    adds ``/name`` commands as for :func:`~asyncchat.tcp.serve_tcp`.  Raises
+    :class:`ValueError` for a bad range in *trust*.
     """
-    return UdpServer(hub, host=host, port=port, strict=strict, commands=commands)
+    return UdpServer(hub, host=host, port=port, strict=strict, commands=commands, trust=trust)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -64,6 +64,13 @@ class ClassicClient:
         with self._cond:
             return self._cond.wait_for(lambda: wanted in b"".join(self.datagrams).decode().splitlines(), timeout)
 
+    def wait_for_count(self, wanted: str, count: int, timeout: float = TIMEOUT) -> bool:
+        """Block until *wanted* was received *count* times; False after *timeout* seconds."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: b"".join(self.datagrams).decode().splitlines().count(wanted) >= count, timeout
+            )
+
     def wait_for_prefix(self, prefix: str, timeout: float = TIMEOUT) -> str | None:
         """Block until a received line starts with *prefix*; return it (None after *timeout*)."""
 

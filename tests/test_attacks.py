@@ -514,11 +514,11 @@ class UdpPeer:
 
 @contextlib.asynccontextmanager
 async def tcp_and_udp(host: str = "127.0.0.1", **overrides: Any) -> AsyncIterator[tuple[Hub, TcpServer, UdpServer]]:
-    """One hub served over TCP and UDP on free ports of *host*."""
+    """One hub served over TCP and UDP on free ports of *host*; UDP trusts no source (attackers forge)."""
     options: dict[str, Any] = {"max_per_ip": 10_000}
     options.update(overrides)
     hub = Hub(limits=Limits(**options))
-    async with serve_tcp(hub, host=host, port=0) as tcp, serve_udp(hub, host=host, port=0) as udp:
+    async with serve_tcp(hub, host=host, port=0) as tcp, serve_udp(hub, host=host, port=0, trust=()) as udp:
         yield hub, tcp, udp
 
 
@@ -554,6 +554,9 @@ async def test_udp_empty_and_oversized_datagrams() -> None:
             nick = fresh_nick("udpbig")
             attacker.send(f"{nick}\n".encode())
             assert (await attacker.line()).startswith("*** welcome")
+            token = _TOKEN.search(await attacker.line())
+            assert token is not None
+            attacker.send(f"/verify {token[1]}\n".encode())
             await attacker.expect(f"* {nick} joined lobby")
             # A member's oversized datagram gets an error with the numbers.
             attacker.send(b"y" * 30_000)

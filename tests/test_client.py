@@ -374,9 +374,12 @@ async def udp_server(hub: Hub) -> AsyncIterator[UdpServer]:
         yield server
 
 
-@pytest.mark.parametrize("strict", [False, True])
-async def test_udp_login_verifies_and_chats_with_tcp(hub: Hub, tcp_server: TcpServer, strict: bool) -> None:
-    async with serve_udp(hub, port=0, strict=strict) as udp_server:
+@pytest.mark.parametrize(("strict", "trusted"), [(False, False), (True, False), (False, True)])
+async def test_udp_login_verifies_and_chats_with_tcp(
+    hub: Hub, tcp_server: TcpServer, strict: bool, trusted: bool
+) -> None:
+    # Untrusted, the client echoes its token; from a trusted source it is verified at once.
+    async with serve_udp(hub, port=0, strict=strict, trust=["127.0.0.0/8"] if trusted else ()) as udp_server:
         async with (
             connect_udp(*udp_server.address, nick="alice") as alice,
             connect_tcp(*tcp_server.address, nick="bob") as bob,
@@ -386,6 +389,7 @@ async def test_udp_login_verifies_and_chats_with_tcp(hub: Hub, tcp_server: TcpSe
             peer = udp_server.peer(alice._transport.get_extra_info("sockname"))  # type: ignore[attr-defined]
             assert peer is not None
             assert peer.verified
+            assert peer.trusted is trusted
             await until(alice, Joined("bob", "lobby"))
             await bob.say("hi alice")
             await until(alice, Message("bob", "hi alice"))

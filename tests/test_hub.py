@@ -292,6 +292,39 @@ def test_max_members_and_per_ip() -> None:
     assert hub.statistics().refused == {"per-ip": 1, "full": 1}
 
 
+def test_per_ip_counts_an_ipv6_network_as_one_source() -> None:
+    from asyncchat import Refused
+
+    hub = Hub(limits=Limits(max_per_ip=2))
+    first = hub.connect(RecordingSink(), kind="t", ip="2001:db8:1:2::1", now=0.0)
+    hub.connect(RecordingSink(), kind="t", ip="2001:db8:1:2:a:b:c:d", now=0.0)
+    with pytest.raises(Refused, match=r"too many connections from 2001:db8:1:2::/64 \(limit 2\)"):
+        hub.connect(RecordingSink(), kind="t", ip="2001:db8:1:2:ffff::9", now=0.0)
+    hub.connect(RecordingSink(), kind="t", ip="2001:db8:1:3::1", now=0.0)  # the next /64 is another source
+    hub.disconnect(first)  # frees a slot of the same /64, whichever address leaves
+    hub.connect(RecordingSink(), kind="t", ip="2001:db8:1:2::77", now=0.0)
+    with pytest.raises(Refused, match=r"2001:db8:1:2::/64"):
+        hub.connect(RecordingSink(), kind="t", ip="2001:db8:1:2::78", now=0.0)
+    assert hub.statistics().refused == {"per-ip": 2}
+    assert hub.statistics().members == 3
+
+
+def test_per_ip_prefix_is_configurable() -> None:
+    from asyncchat import Refused
+
+    hub = Hub(limits=Limits(max_per_ip=1, ipv6_prefix_bits=128))
+    hub.connect(RecordingSink(), kind="t", ip="2001:db8::1", now=0.0)
+    hub.connect(RecordingSink(), kind="t", ip="2001:db8::2", now=0.0)  # /128: each address alone
+    with pytest.raises(Refused, match=r"too many connections from 2001:db8::1 \(limit 1\)"):
+        hub.connect(RecordingSink(), kind="t", ip="2001:0db8::0001", now=0.0)
+    wide = Hub(limits=Limits(max_per_ip=1, ipv6_prefix_bits=48))
+    wide.connect(RecordingSink(), kind="t", ip="2001:db8:1:2::1", now=0.0)
+    with pytest.raises(Refused, match=r"2001:db8:1::/48"):
+        wide.connect(RecordingSink(), kind="t", ip="2001:db8:1:ffff::1", now=0.0)
+    with pytest.raises(ValueError, match="ipv6_prefix_bits must be <= 128"):
+        Limits(ipv6_prefix_bits=129)
+
+
 def test_observers_post_and_bots(hub: Hub) -> None:
     seen: list[object] = []
     unsubscribe = hub.subscribe(seen.append)

@@ -51,7 +51,9 @@ def test_every_limit_has_a_flag_with_the_same_default(program: tuple[bool, bool]
         assert flag in options
 
 
-def _other_value(value: object) -> str:
+def _other_value(value: object, name: str = "") -> str:
+    if name == "ipv6_prefix_bits":  # at most 128
+        return "48"
     if isinstance(value, SlowConsumerPolicy):
         return "drop"
     if isinstance(value, float):
@@ -64,7 +66,7 @@ def test_every_flag_sets_its_field() -> None:
     parser = build_parser("asyncchat", tcp=True, udp=True)
     defaults = Limits()
     for name, (flag, _, _) in _LIMIT_FLAGS.items():
-        text = _other_value(getattr(defaults, name))
+        text = _other_value(getattr(defaults, name), name)
         limits = limits_from_args(parser.parse_args([flag, text]))
         expected = SlowConsumerPolicy.DROP if text == "drop" else type(getattr(defaults, name))(text)
         assert getattr(limits, name) == expected, flag
@@ -77,6 +79,8 @@ def test_every_flag_sets_its_field() -> None:
         (["--max-line-bytes", "10"], "max_line_bytes must be >= 64"),
         (["--rate", "0"], "rate_lines_per_second must be > 0"),
         (["--login-timeout", "-1"], "login_timeout must be > 0"),
+        (["--ipv6-prefix", "129"], "ipv6_prefix_bits must be <= 128"),
+        (["--udp-max-unverified", "0"], "udp_max_unverified must be > 0"),
         (["--slow-consumer", "ignore"], "invalid choice"),
         (["--tls-cert", "only.pem"], "--tls-cert and --tls-key must be given together"),
     ],

@@ -10,7 +10,7 @@ import sys
 import asyncchat
 
 PACKAGE = pathlib.Path(asyncchat.__file__).parent
-PURE = ["errors", "limits", "framing", "protocol", "events", "hub", "session"]
+PURE = ["errors", "limits", "netaddr", "framing", "protocol", "events", "hub", "session"]
 FORBIDDEN = {"asyncio", "socket", "time", "redis", "uvloop", "selectors", "ssl", "threading"}
 
 

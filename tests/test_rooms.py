@@ -122,7 +122,8 @@ def test_login_without_a_room_and_typed_joins_keep_every_room(hub: Hub) -> None:
 def test_topic_is_operator_only_by_default_and_told_to_joiners(hub: Hub) -> None:
     alice, bob = coded(hub, "alice"), coded(hub, "bob")
     alice.read()
-    assert hub.is_operator(alice.member, "lobby") and not hub.is_operator(bob.member, "lobby")
+    assert hub.is_operator(alice.member, "lobby")
+    assert not hub.is_operator(bob.member, "lobby")
     bob.send("/topic free pizza")
     assert bob.read() == ["! [not-operator] only operators of lobby may set its topic"]
     alice.send("/topic rules: be nice")
@@ -149,11 +150,15 @@ def test_kick_removes_and_tells_the_room(hub: Hub) -> None:
     bob.send("/kick carol")
     assert bob.read() == ["! [not-operator] you are not an operator of lobby"]
     alice.send("/kick nobody", "/kick carol spamming links")
-    assert alice.read() == ["! [no-such-nick] no member named 'nobody'", "* carol was kicked from lobby by alice (spamming links)"]
+    assert alice.read() == [
+        "! [no-such-nick] no member named 'nobody'",
+        "* carol was kicked from lobby by alice (spamming links)",
+    ]
     assert bob.read() == ["* carol was kicked from lobby by alice (spamming links)"]
     assert carol.read() == ["* carol was kicked from lobby by alice (spamming links)"]
     assert hub.who("lobby") == ["alice", "bob"]
-    assert carol.member.rooms == [] and not carol.member.closed
+    assert carol.member.rooms == []
+    assert not carol.member.closed
     carol.send("anyone?")
     assert carol.read() == ["! [not-in-room] you are not in a room; /join one"]
     assert isinstance(hub.history("lobby")[-1], Kicked)
@@ -254,7 +259,8 @@ def test_member_wide_events_are_seen_once_across_nodes() -> None:
     assert hub_b.who("games") == ["bob", "al"]
     alice.send("/quit")
     assert bob.read() == ["* al left lobby (quit)"]
-    assert hub_b.who("lobby") == ["bob"] and hub_b.who("games") == ["bob"]
+    assert hub_b.who("lobby") == ["bob"]
+    assert hub_b.who("games") == ["bob"]
 
 
 def test_topic_kick_and_operators_cross_nodes() -> None:

@@ -61,26 +61,24 @@ class UdpClient:
         self.token = ""
 
     @classmethod
-    async def open(cls, server: tuple[str, int]) -> UdpClient:
+    async def open(cls, server: tuple[str, int], *, host: str = "127.0.0.1") -> UdpClient:
         loop = asyncio.get_running_loop()
-        transport, receiver = await loop.create_datagram_endpoint(
-            _Receiver, local_addr=("127.0.0.1", 0), remote_addr=server
-        )
+        transport, receiver = await loop.create_datagram_endpoint(_Receiver, local_addr=(host, 0), remote_addr=server)
         return cls(transport, receiver)
 
     @classmethod
     async def login(cls, server: tuple[str, int], nick: str, *, verify: bool = True) -> UdpClient:
+        """Send *nick*; a trusted source joins at once, any other gets a token and (if *verify*) echoes it."""
         client = await cls.open(server)
         client.send(nick)
-        before = await client.expect(f"* {nick} joined lobby")
-        for line in before:
+        while (line := await client.line()) != f"* {nick} joined lobby":
             found = TOKEN.search(line)
             if found:
                 client.token = found[1]
-        assert client.token, before
-        if verify:
-            client.send(f"/verify {client.token}")
-            await client.expect("*** address verified: you receive all messages")
+                if not verify:
+                    return client
+                client.send(f"/verify {client.token}")
+                await client.expect("*** address verified: you receive all messages")
         return client
 
     @property
@@ -150,6 +148,13 @@ async def in_thread(func: Any, *args: Any) -> Any:
 @pytest.fixture
 async def udp_server(hub: Hub) -> AsyncIterator[UdpServer]:
     async with serve_udp(hub, host="127.0.0.1", port=0) as server:
+        yield server
+
+
+@pytest.fixture
+async def untrusted_udp_server(hub: Hub) -> AsyncIterator[UdpServer]:
+    """Loopback sources treated like any others (forged ones in these tests): they must verify."""
+    async with serve_udp(hub, host="127.0.0.1", port=0, trust=()) as server:
         yield server
 
 
@@ -254,16 +259,47 @@ async def test_classic_client_chats_with_tcp_member(
             await alice.expect("*** members of lobby (2): @alice, bob")
             bob.say("/who")
             assert await in_thread(bob.wait_for, "*** members of lobby (2): @alice, bob")
-
-            # A human with the classic client verifies by typing the token it saw.
-            notice = await in_thread(bob.wait_for_prefix, "*** to receive all messages, send /verify ")
-            bob.say(notice.rsplit(" ", 1)[1])
-            assert await in_thread(bob.wait_for, "*** address verified: you receive all messages")
+            # A loopback source is trusted: no token to type.
+            assert "*** address verified: you receive all messages" in bob.lines()
+            assert not any("/verify" in line for line in bob.lines())
 
             bob.say("q")
             await alice.expect("* bob left lobby (quit)")
             assert await in_thread(bob.wait_for, "*** closing: goodbye")
             assert udp_server.peers == 0
+        finally:
+            bob.stop()
+    assert_no_error_logs(no_errors)
+
+
+async def test_classic_client_verifies_by_typing_the_token(
+    hub: Hub, tcp_server: Any, untrusted_udp_server: UdpServer, no_errors: pytest.LogCaptureFixture
+) -> None:
+    server = untrusted_udp_server
+    async with await LineClient.connect(tcp_server.address, "alice") as alice:
+        bob = ClassicClient(server.address, "bob")
+        try:
+            bob.start()
+            challenge = await in_thread(bob.wait_for_prefix, "*** to join, send /verify ")
+            assert bob.lines()[0].startswith("*** welcome")
+            assert server.peer(bob.address) is not None
+            assert hub.find("bob") is None  # not a member: the name waits for the token
+            bob.say("hello?")  # not relayed: the address is not verified...
+            bob.say("is anyone there?")
+            assert await in_thread(bob.wait_for_count, challenge, 3)  # ...and it is told again how to verify
+            await alice.send("/who")
+            await alice.expect("*** members of lobby (1): @alice")
+            # A human with the classic client verifies by typing the token it saw (bob:TOKEN).
+            bob.say(challenge.rsplit(" ", 1)[1])
+            seen = await alice.expect("* bob joined lobby")
+            assert await in_thread(bob.wait_for, "*** address verified: you receive all messages")
+            assert await in_thread(bob.wait_for, "* bob joined lobby")
+            assert [line for line in bob.lines() if line.startswith("*** welcome")] == [bob.lines()[0]]  # once
+            bob.say("hi there")
+            await alice.expect("bob: hi there")
+            await alice.send("hello bob")
+            assert await in_thread(bob.wait_for, "alice: hello bob")
+            assert not any(line.startswith("bob:") for line in seen)
         finally:
             bob.stop()
     assert_no_error_logs(no_errors)
@@ -360,6 +396,29 @@ async def test_shutdown_tells_every_udp_member(hub: Hub, tcp_server: Any) -> Non
             carol.close()
 
 
+async def test_classic_client_that_only_reads_gets_every_line(
+    hub: Hub, tcp_server: Any, udp_server: UdpServer, no_errors: pytest.LogCaptureFixture
+) -> None:
+    """A loopback source cannot be forged from another host: it is trusted, with no budget."""
+    bob = ClassicClient(udp_server.address, "bob")
+    try:
+        async with await LineClient.connect(tcp_server.address, "alice") as alice:
+            bob.start()  # the name is all bob ever sends
+            await alice.expect("* bob joined lobby")
+            texts = [f"chat line {i:02d} " + "x" * 60 for i in range(30)]
+            for text in texts:
+                await alice.send(text)
+            await alice.send("/quit")
+            await alice.expect("*** closing: goodbye")
+        assert await in_thread(bob.wait_for, "* alice left lobby (quit)")
+        assert [line for line in bob.lines() if line.startswith("alice: ")] == [f"alice: {t}" for t in texts]
+        stats = udp_server.statistics()
+        assert (stats.dropped_unverified, stats.verified) == (0, 1)
+    finally:
+        bob.stop()
+    assert_no_error_logs(no_errors)
+
+
 # ---------------------------------------------------------------- expiry
 
 
@@ -407,8 +466,9 @@ async def test_ping_keeps_a_member_alive(hub: Hub, udp_server: UdpServer) -> Non
 
 
 async def test_amplification_bound_default_mode(
-    hub: Hub, tcp_server: Any, udp_server: UdpServer, no_errors: pytest.LogCaptureFixture
+    hub: Hub, tcp_server: Any, untrusted_udp_server: UdpServer, no_errors: pytest.LogCaptureFixture
 ) -> None:
+    udp_server = untrusted_udp_server
     async with (
         await LineClient.connect(tcp_server.address, "alice") as alice,
         await LineClient.connect(tcp_server.address, "bob") as bob,
@@ -417,11 +477,12 @@ async def test_amplification_bound_default_mode(
         await alice.send(*(f"history {i} " + "h" * 900 for i in range(20)))  # a big join reply
         await bob.expect("alice: history 19 " + "h" * 900)
         try:
-            for payload in [b"mallory", b"!"]:  # a valid nickname, and one byte of junk
+            # A valid nickname, one byte of junk, and 150 junk lines that each draw an error.
+            for payload in [b"mallory", b"!", b"!\n" * 150]:
                 sock = raw_socket()
                 try:
                     sock.sendto(payload, udp_server.address)
-                    await barrier(probe, payload.decode())
+                    await barrier(probe, str(len(payload)))
                     await alice.send(*(f"flood {i} " + "f" * 200 for i in range(100)))
                     await bob.expect("alice: flood 99 " + "f" * 200)
                     await barrier(probe, "after")
@@ -429,30 +490,35 @@ async def test_amplification_bound_default_mode(
                     total = sum(map(len, got))
                     assert 0 < total <= FIRST_REPLY_ALLOWANCE + AMPLIFICATION_FACTOR * len(payload), (payload, total)
                     assert all(len(d) <= MAX_DATAGRAM for d in got)
+                    assert b"flood" not in b"".join(got)  # an unverified address is in no room
                 finally:
                     sock.close()
             assert udp_server.statistics().dropped_unverified > 100
+            assert hub.find("mallory") is None
         finally:
             probe.close()
     assert_no_error_logs(no_errors)
 
 
-async def test_unverified_member_is_told_how_to_verify(hub: Hub, tcp_server: Any, udp_server: UdpServer) -> None:
+async def test_unverified_address_is_told_how_to_verify(
+    hub: Hub, tcp_server: Any, untrusted_udp_server: UdpServer
+) -> None:
+    udp_server = untrusted_udp_server
     async with (
         await LineClient.connect(tcp_server.address, "alice") as alice,
         await LineClient.connect(tcp_server.address, "carol") as carol,
     ):
         bob = await UdpClient.login(udp_server.address, "bob", verify=False)
         try:
+            challenge = f"*** to join, send /verify {bob.token}"
             await alice.send(*(f"burst {i} " + "b" * 40 for i in range(30)))
-            await carol.expect("alice: burst 29 " + "b" * 40)  # bob's share was handled in the same flush
-            # bob earns budget by speaking (3x what it sends) and gets the hint.
+            await carol.expect("alice: burst 29 " + "b" * 40)  # bob's share would have gone in the same flush
+            # Until it verifies, bob is no member: its lines go nowhere, and it is told again how to verify.
             bob.send("bob:" + "hello, is anybody reading what I write here? " * 2)
-            await alice.expect("bob: " + "hello, is anybody reading what I write here? " * 2)
-            await alice.send("one more")
-            hint = await bob.expect_prefix("! ")
-            assert re.fullmatch(r"! \d+ lines not sent: .* 3x what it sends; send /verify [0-9a-f]{8}", hint)
-            assert hint.endswith(bob.token)
+            seen = await bob.expect(challenge)
+            assert not any(line.startswith("alice: ") for line in seen)
+            await alice.send("/who")
+            await alice.expect("*** members of lobby (2): @alice, carol")
             sent = sum(len(d) for d in bob.datagrams)
             assert udp_server.peer(bob.address) is not None
             received = udp_server.peer(bob.address).received  # type: ignore[union-attr]
@@ -462,6 +528,8 @@ async def test_unverified_member_is_told_how_to_verify(hub: Hub, tcp_server: Any
             await bob.expect("! wrong verification token (4 tries left)")
             bob.send(f"bob: {bob.token.upper()}")
             await bob.expect("*** address verified: you receive all messages")
+            await bob.expect("* bob joined lobby")  # under the name it gave first
+            await alice.expect("* bob joined lobby")
             await alice.send(*(f"after {i} " + "a" * 100 for i in range(30)))
             for i in range(30):
                 assert await bob.line() == f"alice: after {i} " + "a" * 100
@@ -471,7 +539,8 @@ async def test_unverified_member_is_told_how_to_verify(hub: Hub, tcp_server: Any
             bob.close()
 
 
-async def test_wrong_tokens_drop_the_address(hub: Hub, udp_server: UdpServer) -> None:
+async def test_wrong_tokens_drop_the_address(hub: Hub, untrusted_udp_server: UdpServer) -> None:
+    udp_server = untrusted_udp_server
     bob = await UdpClient.login(udp_server.address, "bob", verify=False)
     try:
         for left in range(4, 0, -1):
@@ -486,7 +555,7 @@ async def test_wrong_tokens_drop_the_address(hub: Hub, udp_server: UdpServer) ->
 
 async def test_strict_mode_bound_and_login(tcp_server: Any, hub: Hub) -> None:
     async with (
-        serve_udp(hub, port=0, strict=True) as server,
+        serve_udp(hub, port=0, strict=True, trust=()) as server,
         await LineClient.connect(tcp_server.address, "alice") as alice,
     ):
         # A forged-looking sender: one 5-byte datagram gets at most 15 bytes (here: none).
@@ -527,6 +596,94 @@ async def test_strict_mode_bound_and_login(tcp_server: Any, hub: Hub) -> None:
             assert sum(map(len, bob.datagrams)) > 0
         finally:
             bob.stop()
+
+
+async def test_forged_sources_do_not_fill_the_server(no_errors: pytest.LogCaptureFixture) -> None:
+    """Unverified addresses wait in their own bounded table, outside max_members; the oldest goes first."""
+    hub = Hub(limits=Limits(max_members=4, udp_max_unverified=8, max_per_ip=10_000))
+    async with (
+        asyncchat.serve_tcp(hub, port=0) as tcp,
+        serve_udp(hub, port=0, trust=()) as server,  # loopback sources stand in for forged ones
+    ):
+        forged = [await UdpClient.open(server.address, host=f"127.0.0.{2 + i % 4}") for i in range(20)]
+        try:
+            for i, client in enumerate(forged):
+                client.send(f"forged{i}")
+                # Answered at once, within the budget: the welcome, then how to verify.
+                assert (await client.line()).startswith("*** welcome")
+                found = TOKEN.search(await client.expect_prefix("*** to join, send /verify "))
+                assert found is not None
+                client.token = found[1]
+            stats = server.statistics()
+            assert (stats.unverified, stats.evicted_unverified, stats.verified) == (8, 12, 0)
+            assert server.peers == 8
+            assert server.peer(forged[0].address) is None  # evicted
+            assert hub.statistics().members == 0
+            async with await LineClient.connect(tcp.address, "alice") as alice:
+                await alice.send("/who")
+                await alice.expect("*** members of lobby (1): @alice")
+                # An address still in the table joins under the name it gave.
+                forged[19].send(f"/verify {forged[19].token}")
+                await forged[19].expect("*** address verified: you receive all messages")
+                await alice.expect("* forged19 joined lobby")
+                # An evicted address can still verify (its token depends on the address
+                # alone); its name was forgotten with its entry, so it picks one again.
+                forged[0].send(forged[0].token)
+                await forged[0].expect("*** address verified: you receive all messages")
+                forged[0].send("forged0")
+                await forged[0].expect("* forged0 joined lobby")
+                await alice.expect("* forged0 joined lobby")
+                assert hub.statistics().members == 3
+                assert server.statistics().unverified == 7
+        finally:
+            for client in forged:
+                client.close()
+    assert hub.statistics().refused == {}
+    assert_no_error_logs(no_errors)
+
+
+async def test_trust_sets_the_ranges_verified_without_a_token(hub: Hub, tcp_server: Any) -> None:
+    async with (
+        serve_udp(hub, port=0, trust=["127.0.0.2/32", "::1"]) as server,
+        await LineClient.connect(tcp_server.address, "alice") as alice,
+    ):
+        assert [str(n) for n in server.trust] == ["127.0.0.2/32", "::1/128"]
+        near = await UdpClient.open(server.address, host="127.0.0.2")
+        far = await UdpClient.open(server.address, host="127.0.0.1")
+        try:
+            near.send("near")
+            await near.expect("*** address verified: you receive all messages")
+            await alice.expect("* near joined lobby")
+            far.send("far")
+            await far.expect_prefix("*** to join, send /verify ")
+            stats = server.statistics()
+            assert (stats.trusted, stats.verified, stats.unverified) == (1, 1, 1)
+            assert server.peer(near.address).trusted  # type: ignore[union-attr]
+        finally:
+            near.close()
+            far.close()
+    with pytest.raises(ValueError, match="not an address range: 'lan'"):
+        serve_udp(hub, trust=["lan"])
+
+
+async def test_unverified_address_expires_and_hears_of_shutdown(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime_module, "TICK_SECONDS", 0.05)
+    hub = Hub(limits=Limits(login_timeout=1.0))
+    async with serve_udp(hub, port=0, trust=()) as server:
+        slow = await UdpClient.login(server.address, "slow", verify=False)
+        try:
+            await slow.expect("*** closing: not verified within 1 seconds")
+            stats = server.statistics()
+            assert (stats.peers, stats.unverified, stats.expired_unverified) == (0, 0, 1)
+            late = await UdpClient.login(server.address, "late", verify=False)
+            try:
+                await server.aclose()
+                await late.expect("*** closing: server is shutting down")
+                assert server.peers == 0
+            finally:
+                late.close()
+        finally:
+            slow.close()
 
 
 async def test_bad_datagrams_are_answered_or_dropped(
@@ -583,22 +740,33 @@ async def test_burst_hits_the_session_rate_limit(tcp_server: Any) -> None:
             bob.close()
 
 
-async def test_refused_address_gets_at_most_3x(tcp_server: Any) -> None:
+async def test_refused_address_is_told_once_verified_or_trusted(tcp_server: Any) -> None:
     hub = Hub(limits=Limits(max_per_ip=1))
-    async with serve_udp(hub, port=0) as server:
+    async with serve_udp(hub, port=0, trust=()) as server, serve_udp(hub, port=0) as trusting:
         bob = await UdpClient.login(server.address, "bob")
-        sock = raw_socket()
+        eve = await UdpClient.login(server.address, "eve", verify=False)
         try:
-            sock.sendto(b"eve", server.address)  # the error line is longer than 9 bytes: dropped
+            # Until eve verifies, it is not a member and the per-IP limit does not apply...
+            assert server.peers == 2
+            assert hub.statistics().members == 1
+            # ...then the hub refuses it, and a verified address may be told so.
+            eve.send(f"/verify {eve.token}")
+            assert await eve.line() == "! too many connections from 127.0.0.1 (limit 1)"
             await barrier(bob, "1")
-            assert drain(sock) == []
-            sock.sendto(b"eve" + b" " * 30, server.address)
-            await barrier(bob, "2")
-            assert drain(sock) == [b"! too many connections from 127.0.0.1 (limit 1)\n"]
-            assert server.statistics().refused == 2
+            assert server.statistics().refused == 1
             assert server.peers == 1
+            # A trusted source is refused at once, with the reason.
+            mallory = await UdpClient.open(trusting.address)
+            try:
+                mallory.send("mallory")
+                assert await mallory.line() == "! too many connections from 127.0.0.1 (limit 1)"
+                assert trusting.statistics().refused == 1
+                assert trusting.peers == 0
+            finally:
+                mallory.close()
+            assert hub.statistics().refused == {"per-ip": 2}
         finally:
-            sock.close()
+            eve.close()
             bob.close()
 
 
@@ -672,7 +840,27 @@ def test_udp_module_help() -> None:
     assert result.stderr == ""
     assert "--port" in result.stdout
     assert "--udp-strict" in result.stdout
+    assert "--udp-trust" in result.stdout
+    assert "--udp-max-unverified" in result.stdout
     assert "nc -u 127.0.0.1 8000" in " ".join(result.stdout.split())
+
+
+def test_cli_udp_trust_option() -> None:
+    from asyncchat.cli import build_parser, udp_trust_from_args
+    from asyncchat.netaddr import LOOPBACK
+
+    parser = build_parser("x", tcp=False, udp=True)
+    assert udp_trust_from_args(parser.parse_args([]).udp_trust) == LOOPBACK
+    lan = parser.parse_args(["--udp-trust", "192.168.1.0/24", "--udp-trust", "127.0.0.0/8"]).udp_trust
+    assert [str(n) for n in udp_trust_from_args(lan)] == ["192.168.1.0/24", "127.0.0.0/8"]  # replaces the default
+    assert udp_trust_from_args(parser.parse_args(["--udp-trust", "none"]).udp_trust) == ()
+    with pytest.raises(ValueError, match="cannot be combined"):
+        udp_trust_from_args(["none", "10.0.0.0/8"])
+    with pytest.raises(ValueError, match=r"--udp-trust: not an address range: '10\.0\.0\.1/8'"):
+        udp_trust_from_args(["10.0.0.1/8"])
+    result = _run("asyncchat.udp", "--udp-trust", "lan")
+    assert result.returncode == 2
+    assert "--udp-trust: not an address range: 'lan'" in result.stderr
 
 
 def test_cli_port_options() -> None:

@@ -117,12 +117,13 @@ async def test_tcp_over_ipv6() -> None:
             assert member is not None
             assert member.ip == "::1"
             assert member.peer.startswith("[::1]:")
-            # The per-IP limit counts IPv6 sources too.
+            # The per-IP limit counts IPv6 sources too, by /64 (Limits.ipv6_prefix_bits).
             async with await LineClient.connect((host, port)):
                 reader, writer = await asyncio.open_connection(host, port)
                 async with asyncio.timeout(TIMEOUT):
-                    assert await reader.read() == b"! too many connections from ::1 (limit 2)\n"
+                    assert await reader.read() == b"! too many connections from ::/64 (limit 2)\n"
                 writer.close()
+            assert hub.statistics().refused == {"per-ip": 1}
 
 
 class _Datagrams(asyncio.DatagramProtocol):

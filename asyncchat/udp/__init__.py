@@ -43,19 +43,18 @@ import secrets
 import socket
 import struct
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from ._udpwire import MAX_DATAGRAM, classic_line, pack_datagrams, split_lines, strip_own_prefix
-from .errors import ProtocolError, Refused
-from .events import Error, Notice
-from .framing import split_datagram
-from .hub import Hub, Member
-from .protocol import encode
-from .runtime import Runtime, attach
-from .session import CommandHandler, Session
+from .._udpwire import MAX_DATAGRAM, classic_line, pack_datagrams, split_lines, strip_own_prefix
+from ..errors import ProtocolError, Refused
+from ..events import Error, Notice
+from ..framing import split_datagram
+from ..hub import Hub, Member
+from ..protocol import encode
+from ..runtime import Runtime, attach
+from ..session import CommandHandler, Session
 
 __all__ = [
     "AMPLIFICATION_FACTOR",
@@ -65,7 +64,6 @@ __all__ = [
     "UdpServer",
     "UdpStatistics",
     "classic_line",
-    "main",
     "pack_datagrams",
     "serve_udp",
     "split_lines",
@@ -605,14 +603,3 @@ def serve_udp(
     :func:`~asyncchat.tcp.serve_tcp`.
     """
     return UdpServer(hub, host=host, port=port, strict=strict, commands=commands)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m asyncchat.udp``: serve a chat over UDP until SIGINT or SIGTERM."""
-    from .cli import run
-
-    return run(argv, prog="python -m asyncchat.udp", tcp=False, udp=True)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -29,15 +29,15 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, cast
 
-from .errors import Refused
-from .events import Error
-from .framing import LineDecoder
-from .hub import Hub, Member
-from .protocol import encode
-from .runtime import Runtime, attach
-from .session import CommandHandler, Session
+from ..errors import Refused
+from ..events import Error
+from ..framing import LineDecoder
+from ..hub import Hub, Member
+from ..protocol import encode
+from ..runtime import Runtime, attach
+from ..session import CommandHandler, Session
 
-__all__ = ["Connection", "TcpServer", "main", "serve_tcp"]
+__all__ = ["Connection", "TcpServer", "serve_tcp"]
 
 logger = logging.getLogger("asyncchat.tcp")
 
@@ -328,14 +328,3 @@ def serve_tcp(
     enables TLS.  *commands* adds ``/name`` commands: ``{name: handler(session, arg)}``.
     """
     return TcpServer(hub, host=host, port=port, unix=unix, ssl=ssl, backlog=backlog, commands=commands)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m asyncchat.tcp``: serve a chat over TCP until SIGINT or SIGTERM."""
-    from .cli import run
-
-    return run(argv, prog="python -m asyncchat.tcp", tcp=True, udp=False)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import __version__
+from ._version import __version__
 from .hub import Hub
 from .limits import Limits, SlowConsumerPolicy
 

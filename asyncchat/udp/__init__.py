@@ -44,7 +44,6 @@ import socket
 import struct
 import sys
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 from .._udpwire import MAX_DATAGRAM, classic_line, pack_datagrams, split_lines, strip_own_prefix
@@ -53,7 +52,7 @@ from ..events import Error, Notice
 from ..framing import split_datagram
 from ..hub import Hub, Member
 from ..protocol import encode
-from ..runtime import Runtime, attach
+from ..server import Server
 from ..session import CommandHandler, Session
 
 __all__ = [
@@ -205,13 +204,16 @@ class _Protocol(asyncio.DatagramProtocol):
 # ------------------------------------------------------------------ the server
 
 
-class UdpServer:
+class UdpServer(Server):
     """A running UDP room for one hub; use it as ``async with serve_udp(...)``.
 
     Leaving the ``async with`` block shuts down gracefully: every UDP member
     gets ``*** closing: server is shutting down`` (within its budget if
     unverified) and the socket closes within ``Limits.shutdown_timeout``.
     """
+
+    kind = "UDP"
+    logger = logger
 
     def __init__(
         self,
@@ -222,19 +224,16 @@ class UdpServer:
         strict: bool = False,
         commands: dict[str, CommandHandler] | None = None,
     ) -> None:
-        self.hub = hub
+        super().__init__(hub)
         self.host = host
         self.port = port
         self.strict = strict
         self.commands = commands
         self.max_datagram_in = max(hub.limits.max_line_bytes + 2, MAX_DATAGRAM)
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._transport: asyncio.DatagramTransport | None = None
         self._protocol: _Protocol | None = None
-        self._runtime: Runtime | None = None
         self._errsock: socket.socket | None = None
         self._peers: dict[tuple[str, int], UdpPeer] = {}
-        self._closing = False
         self._in_send = False
         self._send_failed = False
         self._refusal_logged = -1e9
@@ -261,20 +260,13 @@ class UdpServer:
         where = self.address if self._transport is not None else "closed"
         return f"<UdpServer {where} peers={len(self._peers)}{' strict' if self.strict else ''}>"
 
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        """The event loop the server runs on (set by :meth:`start`)."""
-        if self._loop is None:
-            raise RuntimeError("the server is not started")
-        return self._loop
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """The bound ``(host, port)``, e.g. to learn the port chosen for ``port=0``."""
+    def _addresses(self) -> list[Any]:
         if self._transport is None:
-            raise RuntimeError("the server is not listening")
-        sockname = self._transport.get_extra_info("sockname")
-        return sockname[0], sockname[1]
+            return []
+        return [self._transport.get_extra_info("sockname")]
+
+    def _describe(self) -> str:
+        return f"UDP{' (strict)' if self.strict else ''} on {self.address[0]}:{self.address[1]}"
 
     @property
     def peers(self) -> int:
@@ -291,22 +283,11 @@ class UdpServer:
         counts["verified"] = sum(1 for peer in self._peers.values() if peer.verified)
         return UdpStatistics(peers=len(self._peers), **counts)
 
-    async def start(self) -> None:
-        """Bind the socket.  Raises :class:`OSError` if binding fails."""
-        self._loop = asyncio.get_running_loop()
-        self._runtime = attach(self.hub)
-        try:
-            transport, protocol = await self._loop.create_datagram_endpoint(
-                lambda: _Protocol(self), local_addr=(self.host, self.port)
-            )
-        except BaseException:
-            self._runtime.release()
-            self._runtime = None
-            raise
-        self._transport = transport
-        self._protocol = protocol
-        self._errsock = self._enable_recverr(transport)
-        logger.info("serving UDP%s on %s:%d", " (strict)" if self.strict else "", *self.address)
+    async def _open(self) -> None:
+        self._transport, self._protocol = await self.loop.create_datagram_endpoint(
+            lambda: _Protocol(self), local_addr=(self.host, self.port)
+        )
+        self._errsock = self._enable_recverr(self._transport)
 
     @staticmethod
     def _enable_recverr(transport: asyncio.DatagramTransport) -> socket.socket | None:
@@ -542,12 +523,10 @@ class UdpServer:
 
     # -- life cycle
 
-    async def aclose(self, notice: str = "server is shutting down") -> None:
-        """Shut down gracefully (see the class docstring); safe to call twice."""
+    async def _close(self, notice: str) -> None:
+        # From now on input is ignored (self.closing); the closing lines still go out.
         transport = self._transport
-        if transport is None or self._closing:
-            return
-        self._closing = True  # ignore input from now on; the closing lines still go out
+        assert transport is not None
         members = [peer.member for peer in self._peers.values() if peer.member is not None]
         self.hub.close_all(notice, members=members)
         self._transport = None
@@ -562,25 +541,6 @@ class UdpServer:
         if self._errsock is not None:
             self._errsock.close()
             self._errsock = None
-        if self._runtime is not None:
-            self._runtime.release()
-            self._runtime = None
-        logger.info("UDP server closed")
-
-    async def serve_forever(self) -> None:
-        """Wait until the server is closed (e.g. by cancelling this call's task)."""
-        if self._protocol is None:
-            raise RuntimeError("the server is not started")
-        await asyncio.shield(self._protocol.closed)
-
-    async def __aenter__(self) -> UdpServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
 
 def _same(candidate: str, token: str) -> bool:

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from ..errors import Refused
-from ..events import Error
+from ..events import Closing, Error
 from ..framing import LineDecoder
 from ..hub import Hub, Member
 from ..protocol import encode
@@ -130,7 +130,9 @@ class TcpServer(Server):
 
     Leaving the ``async with`` block shuts down gracefully: stop accepting,
     tell every member ``*** closing: server is shutting down``, flush within
-    ``Limits.shutdown_timeout`` seconds, then close what is left.
+    ``Limits.shutdown_timeout`` seconds, then close what is left.  A
+    connection that arrives (or finishes its TLS handshake) once shutdown has
+    begun gets that closing line and is closed at once.
     """
 
     kind = "TCP"
@@ -199,6 +201,12 @@ class TcpServer(Server):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         transport = cast(asyncio.Transport, writer.transport)
         shown, ip = _peer_name(transport.get_extra_info("peername"))
+        if self._closing:  # accepted, or done with its TLS handshake, after shutdown began
+            logger.debug("refused connection from %s: shutting down", shown)
+            self.hub.note_refused("closing")
+            transport.write(encode(Closing(self._notice)))
+            transport.close()
+            return
         try:
             connection = Connection(self, transport, writer)
             member = self.hub.connect(connection, kind="tcp", peer=shown, ip=ip, now=self.loop.time())

@@ -18,25 +18,53 @@ loop (:func:`asyncchat.runtime.attach`) while the server runs, logs
 call twice, and provides ``async with``, :meth:`Server.serve_forever`,
 :attr:`Server.address` and :attr:`Server.closing` (set as soon as shutdown
 begins, so a connection that arrives late is refused, not greeted).
+
+Running out of file descriptors (``RLIMIT_NOFILE``), for servers that accept
+connections: a connection whose descriptor falls into the last
+:data:`FD_RESERVE` below the limit is refused with an error line
+(:meth:`Server._fd_exhausted`), so the process keeps descriptors for
+everything else.  When ``accept()`` itself fails with ``EMFILE`` or
+``ENFILE``, asyncio reports it to the loop's exception handler (as an ERROR
+with a traceback) and retries a second later; :meth:`Server._watch_accept`
+turns that report into a rate-limited WARNING.  uvloop (libuv) reports
+nothing: it accepts and closes the pending connections itself.  Both are
+counted in ``hub.statistics().refused["fd-limit"]``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
+from .events import Error
 from .hub import Hub
+from .protocol import encode
 from .runtime import Runtime, attach
 
-__all__ = ["FD_RESERVE", "WARNING_INTERVAL", "Server"]
+__all__ = ["FD_RESERVE", "WARNING_INTERVAL", "Server", "open_file_limit"]
 
 #: Warnings about refused peers are logged at most once per this many seconds (per kind), with a count.
 WARNING_INTERVAL = 10.0
 #: File descriptors a stream server keeps free for everything but connections
 #: (listening and UDP sockets, Redis, log files, DNS, the loop's own).
 FD_RESERVE = 16
+
+_NO_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
+_ExceptionHandler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]
+
+
+def open_file_limit() -> int | None:
+    """The soft ``RLIMIT_NOFILE`` of this process, or ``None`` where there is none (or no finite one)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 class Server:
@@ -62,6 +90,9 @@ class Server:
         self._notice = ""
         # Rate-limited warnings: {kind: (last logged at, not logged since)}.
         self._warned: dict[str, tuple[float, int]] = {}
+        self._fd_limit: int | None = None
+        self._accept_hook: tuple[_ExceptionHandler, _ExceptionHandler | None] | None = None
+        self._accept_failing = False
 
     # -- what subclasses provide
 
@@ -179,3 +210,78 @@ class Server:
         more = f" (and {unlogged} more since the last report)" if unlogged else ""
         self.logger.warning("%s%s", message, more)
         self._warned[kind] = (now, 0)
+
+    # -- running out of file descriptors (servers that accept connections)
+
+    def _fd_exhausted(self, transport: asyncio.Transport, shown: str, connections: int) -> bool:
+        """Refuse a just-accepted connection whose descriptor is in the last :data:`FD_RESERVE`.
+
+        Returns whether it was refused: then it got an error line, is closing,
+        and is counted as ``refused["fd-limit"]``.  Call :meth:`_watch_accept`
+        at start-up first (it reads the limit).
+        """
+        limit = self._fd_limit
+        if limit is None:
+            return False
+        sock = transport.get_extra_info("socket")
+        fd = sock.fileno() if sock is not None else -1
+        if fd < limit - FD_RESERVE:
+            return False
+        self.hub.note_refused("fd-limit")
+        self._warn_limited(
+            "fd-refused",
+            f"refused connection from {shown}: out of file descriptors "
+            f"(descriptor {fd} of limit {limit}, {FD_RESERVE} kept spare; {connections} connections open)",
+        )
+        transport.write(encode(Error(f"server is out of file descriptors (limit {limit})")))
+        transport.close()
+        return True
+
+    def _watch_accept(self, sockets: Iterable[Any]) -> None:
+        """Read the descriptor limit; catch asyncio's reports of ``accept()`` failing for lack of descriptors."""
+        self._fd_limit = open_file_limit()
+        loop = self.loop
+        listening = {sock.fileno() for sock in sockets}
+        previous = loop.get_exception_handler()
+
+        def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            exc, sock = context.get("exception"), context.get("socket")
+            if (
+                not self._closing
+                and isinstance(exc, OSError)
+                and exc.errno in _NO_DESCRIPTORS
+                and sock is not None
+                and sock.fileno() in listening
+            ):
+                self._accept_failed(exc)
+            elif previous is not None:
+                previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+
+        loop.set_exception_handler(handler)
+        self._accept_hook = (handler, previous)
+
+    def _unwatch_accept(self) -> None:
+        """Give the loop its exception handler back (if nobody replaced ours meanwhile)."""
+        if self._accept_hook is not None:
+            handler, previous = self._accept_hook
+            if self.loop.get_exception_handler() is handler:
+                self.loop.set_exception_handler(previous)
+            self._accept_hook = None
+
+    def _accept_failed(self, exc: OSError) -> None:
+        # asyncio reports every failed accept() of one round (up to the backlog) and
+        # retries a second later: count and log once per round.
+        if self._accept_failing:
+            return
+        self._accept_failing = True
+        self.loop.call_soon(self._accept_round_over)
+        self.hub.note_refused("fd-limit")
+        self._warn_limited(
+            "fd-accept",
+            f"cannot accept connections: {exc} (open-file limit {self._fd_limit}); asyncio retries in a second",
+        )
+
+    def _accept_round_over(self) -> None:
+        self._accept_failing = False

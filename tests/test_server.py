@@ -77,3 +77,11 @@ async def test_failed_start_releases_the_hub_and_can_be_retried() -> None:
     server.port = 0
     async with server:
         assert server.address[1] > 0
+
+
+async def test_tcp_server_gives_the_loop_its_exception_handler_back() -> None:
+    loop = asyncio.get_running_loop()
+    before = loop.get_exception_handler()
+    async with serve_tcp(Hub(), port=0) as first, serve_tcp(first.hub, port=0):
+        assert loop.get_exception_handler() is not before  # catches accept() failing for lack of descriptors
+    assert loop.get_exception_handler() is before

@@ -183,6 +183,7 @@ class TcpServer(Server):
                 backlog=self.backlog,
                 ssl_handshake_timeout=handshake,
             )
+        self._watch_accept(self._server.sockets)
 
     def _addresses(self) -> list[Any]:
         if self._server is None:
@@ -206,6 +207,8 @@ class TcpServer(Server):
             self.hub.note_refused("closing")
             transport.write(encode(Closing(self._notice)))
             transport.close()
+            return
+        if self._fd_exhausted(transport, shown, len(self._connections)):
             return
         try:
             connection = Connection(self, transport, writer)
@@ -235,6 +238,7 @@ class TcpServer(Server):
         server, self._server = self._server, None
         assert server is not None
         server.close()
+        self._unwatch_accept()
         members = [c.member for c in self._connections if c.member is not None]
         self.hub.close_all(notice, members=members)
         if self._connections:

@@ -1,7 +1,8 @@
 """Command-line front end shared by ``python -m asyncchat[.tcp|.udp]``.
 
-Options, logging set-up, event-loop choice (uvloop when available) and
-signal handling live here; the transports only provide ``serve_*``.
+Options, logging set-up, event-loop choice (uvloop when available), the
+open-file limit and signal handling live here; the transports only provide
+``serve_*``.
 SIGINT and SIGTERM shut down gracefully: every member receives
 ``*** closing: server is shutting down`` and the process exits 0.
 """
@@ -19,14 +20,28 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import __version__
+from ._version import __version__
 from .hub import Hub
 from .limits import Limits, SlowConsumerPolicy
 from .netaddr import LOOPBACK, IPNetwork, parse_networks
+from .server import FD_RESERVE, Server, open_file_limit
 
-__all__ = ["build_parser", "limits_from_args", "new_event_loop", "run", "server_tls_context", "udp_trust_from_args"]
+__all__ = [
+    "build_parser",
+    "check_open_file_limit",
+    "limits_from_args",
+    "new_event_loop",
+    "raise_open_file_limit",
+    "run",
+    "server_tls_context",
+    "udp_trust_from_args",
+]
 
 logger = logging.getLogger("asyncchat")
+
+#: File descriptors the process needs besides members, listening sockets and the
+#: servers' FD_RESERVE: standard streams, the event loop's own, Redis, a UDP error socket.
+FD_OVERHEAD = 16
 
 # Limits field -> (flag, metavar, help).  Every field of Limits has a flag.
 _LIMIT_FLAGS: dict[str, tuple[str, str, str]] = {
@@ -211,6 +226,48 @@ def new_event_loop(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
     return asyncio.new_event_loop
 
 
+def raise_open_file_limit() -> int | None:
+    """Raise the soft open-file limit (``RLIMIT_NOFILE``) to the hard one where allowed; return the soft limit.
+
+    Returns ``None`` where the platform has no such limit or it is unlimited.
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard and hard != resource.RLIM_INFINITY:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:  # e.g. above the kernel's nr_open
+            logger.debug("cannot raise the open-file limit from %d to %d: %s", soft, hard, exc)
+    return open_file_limit()
+
+
+def check_open_file_limit(max_members: int, listening: int) -> bool:
+    """Log a WARNING if the open-file limit cannot hold *max_members* connections; return whether it can.
+
+    What is needed: one descriptor per member, *listening* sockets,
+    :data:`~asyncchat.server.FD_RESERVE` and :data:`FD_OVERHEAD`.
+    """
+    limit = open_file_limit()
+    needed = max_members + listening + FD_RESERVE + FD_OVERHEAD
+    if limit is None or needed <= limit:
+        return True
+    logger.warning(
+        "the open-file limit is %d, but --max-members %d needs about %d (%d members + %d listening sockets + %d spare):"
+        " about %d connections can be served; raise the limit (ulimit -n) or lower --max-members",
+        limit,
+        max_members,
+        needed,
+        max_members,
+        listening,
+        FD_RESERVE + FD_OVERHEAD,
+        max(0, limit - listening - FD_RESERVE - FD_OVERHEAD),
+    )
+    return False
+
+
 def setup_logging(level: str) -> None:
     """Log to stderr with timestamps at *level*."""
     logging.basicConfig(
@@ -238,16 +295,22 @@ async def _serve(
         if bus is not None:  # multi-node: closed after the servers, so it can say goodbye
             await stack.enter_async_context(bus)
             logger.info("node %s joining the cluster through Redis", bus.node_id)
+        servers: list[Server] = []
         if tcp:
             from .tcp import serve_tcp
 
-            await stack.enter_async_context(serve_tcp(hub, host=args.host, port=args.port, unix=args.unix, ssl=tls))
+            servers.append(
+                await stack.enter_async_context(serve_tcp(hub, host=args.host, port=args.port, unix=args.unix, ssl=tls))
+            )
         if udp:
             from .udp import serve_udp
 
-            await stack.enter_async_context(
-                serve_udp(hub, host=args.host, port=args.udp_port, strict=args.udp_strict, trust=trust)
+            servers.append(
+                await stack.enter_async_context(
+                    serve_udp(hub, host=args.host, port=args.udp_port, strict=args.udp_strict, trust=trust)
+                )
             )
+        check_open_file_limit(hub.limits.max_members, sum(len(server.addresses) for server in servers))
         if args.stats_interval > 0:
             from .runtime import attach
 
@@ -298,6 +361,7 @@ def run(argv: Sequence[str] | None, *, prog: str, tcp: bool, udp: bool) -> int:
         except (DependencyMissing, ValueError) as exc:
             parser.error(str(exc))
     setup_logging(args.log_level)
+    raise_open_file_limit()
     hub = Hub(limits=limits, bus=bus)
     try:
         with asyncio.Runner(loop_factory=new_event_loop(args.loop)) as runner:

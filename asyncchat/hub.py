@@ -841,6 +841,10 @@ class Hub:
         self.lines_in += lines
         self.bytes_in += nbytes
 
+    def note_refused(self, reason: str) -> None:
+        """Count a peer an adapter refused before :meth:`connect` (``statistics().refused[reason]``)."""
+        self._count(self._refused, reason)
+
     @staticmethod
     def _count(counter: dict[str, int], key: str) -> None:
         counter[key] = counter.get(key, 0) + 1

@@ -12,8 +12,12 @@ from typing import Any
 import pytest
 
 from asyncchat import Hub, InProcessNetwork, Limits
-from asyncchat._bench_stats import (
+from asyncchat.bench import build_parser, main, make_plans
+from asyncchat.bench.stats import (
     MIN_SIZE,
+    NOT_PROBE,
+    PROBE,
+    WINDOW_PROBE,
     Histogram,
     MemberSpec,
     Sender,
@@ -22,8 +26,6 @@ from asyncchat._bench_stats import (
     read_cpu_seconds,
     read_rss_bytes,
 )
-from asyncchat._bench_worker import NOT_PROBE, PROBE, WINDOW_PROBE
-from asyncchat.bench import build_parser, main, make_plans
 from asyncchat.tcp import serve_tcp
 from asyncchat.udp import serve_udp
 

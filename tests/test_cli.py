@@ -94,3 +94,63 @@ async def test_signal_shuts_down_cleanly_with_a_notice(loop: str, signum: int) -
         assert f"running on {loop} loop" in text
     finally:
         server.kill()
+
+
+# -- every entry point runs each module once, under its package name (`-X importtime` shows every import)
+
+IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \| (\s*)(\S+)$")
+
+
+def imported_modules(stderr: str) -> list[str]:
+    """The modules ``-X importtime`` reports, in the order their imports finished."""
+    return [match[2] for line in stderr.splitlines() if (match := IMPORT_LINE.match(line))]
+
+
+@pytest.mark.parametrize(
+    ("module", "args", "transports"),
+    [
+        ("asyncchat.tcp", ["--port", "0"], ["asyncchat.tcp"]),
+        ("asyncchat.udp", ["--port", "0"], ["asyncchat.udp"]),
+        ("asyncchat", ["--port", "0", "--udp-port", "0"], ["asyncchat.tcp", "asyncchat.udp"]),
+    ],
+)
+async def test_python_m_runs_every_module_once(module: str, args: list[str], transports: list[str]) -> None:
+    loop = "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
+    proc = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-W", "error", "-X", "importtime", "-m", module, *args, "--loop", loop],
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    lines: list[bytes] = []
+    try:
+        async with asyncio.timeout(30):
+            while b"running on" not in (lines[-1] if lines else b""):  # logged once every server is serving
+                line = await proc.stderr.readline()
+                assert line, b"".join(lines).decode()
+                lines.append(line)
+            proc.send_signal(signal.SIGTERM)
+            lines.append(await proc.stderr.read())
+            code = await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    stderr = b"".join(lines).decode()
+    assert code == 0, stderr
+    assert "Warning" not in stderr, stderr  # -W error: runpy's "found in sys.modules" would be fatal anyway
+    assert "Traceback" not in stderr, stderr
+    assert stderr.count("serving ") == len(transports), stderr
+    modules = imported_modules(stderr)
+    repeated = sorted({name for name in modules if modules.count(name) > 1})
+    assert not repeated, f"imported twice: {repeated}"
+    ours = [name for name in modules if name == "asyncchat" or name.startswith("asyncchat.")]
+    assert "asyncchat.cli" in ours, ours
+    for transport in transports:
+        assert ours.count(transport) == 1, ours
+        assert f"{transport}.__main__" not in ours  # -m runs __main__ without importing it
+    if module != "asyncchat":
+        # -m imports the package itself before running its __main__; a module run as a script
+        # would only be imported later, by cli, as a second copy of itself.
+        assert ours.index(module) < ours.index("asyncchat.cli"), ours

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -147,3 +149,97 @@ def test_cli_tls_flags(cert_files: tuple[str, str], tmp_path: Path) -> None:
         server_tls_context(str(tmp_path / "missing.pem"), cert_files[1])
     with pytest.raises(ssl.SSLError):  # the key is not a certificate
         server_tls_context(cert_files[1], cert_files[1])
+
+
+class MemoryTlsClient:
+    """A TLS client over a raw loopback socket whose handshake flights the test sends one at a time."""
+
+    def __init__(self, sock: socket.socket, context: ssl.SSLContext) -> None:
+        self.sock = sock
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname="localhost")
+        self.loop = asyncio.get_running_loop()
+
+    @classmethod
+    async def connect(cls, address: tuple[str, int], context: ssl.SSLContext) -> MemoryTlsClient:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        async with asyncio.timeout(TIMEOUT):
+            await asyncio.get_running_loop().sock_connect(sock, address)
+        return cls(sock, context)
+
+    async def _flush(self) -> None:
+        data = self.outgoing.read()
+        if data:
+            async with asyncio.timeout(TIMEOUT):
+                await self.loop.sock_sendall(self.sock, data)
+
+    async def _receive(self) -> bool:
+        async with asyncio.timeout(TIMEOUT):
+            data = await self.loop.sock_recv(self.sock, 65536)
+        if not data:
+            self.incoming.write_eof()
+            return False
+        self.incoming.write(data)
+        return True
+
+    async def handshake_but_last_flight(self) -> None:
+        """Send the ClientHello and read the server's answer; keep the client's Finished unsent."""
+        while True:
+            try:
+                self.tls.do_handshake()
+                return
+            except ssl.SSLWantReadError:
+                await self._flush()
+                assert await self._receive(), "the server closed during the handshake"
+
+    async def read_all(self) -> bytes:
+        """Send what is pending (the Finished), then read application data until the server closes."""
+        await self._flush()
+        received = b""
+        while True:
+            try:
+                chunk = self.tls.read(65536)
+                if not chunk:  # the server's close_notify
+                    return received
+                received += chunk
+            except ssl.SSLWantReadError:
+                if not await self._receive():
+                    return received
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return received
+
+
+@pytest.mark.parametrize("finished", ["during", "after"])
+async def test_tls_handshake_finishing_after_shutdown_began_is_refused_cleanly(
+    cert_files: tuple[str, str], client_context: ssl.SSLContext, caplog: pytest.LogCaptureFixture, finished: str
+) -> None:
+    """The server accepted the connection before aclose(); its TLS handshake ends only after aclose() began."""
+    caplog.set_level(logging.DEBUG, logger="asyncchat")
+    context = server_tls_context(*cert_files)
+    hub = Hub(limits=Limits(shutdown_timeout=2.0))
+    server = serve_tcp(hub, host="127.0.0.1", port=0, ssl=context)
+    await server.start()
+    late = await MemoryTlsClient.connect(server.address, client_context)
+    try:
+        await late.handshake_but_last_flight()  # the server answered: it accepted the connection
+        closing = asyncio.create_task(server.aclose())
+        if finished == "after":
+            async with asyncio.timeout(TIMEOUT):
+                await closing
+        else:
+            await wait_for(lambda: server.closing)
+        received = await late.read_all()
+        async with asyncio.timeout(TIMEOUT):
+            await closing
+    finally:
+        late.sock.close()
+        await server.aclose()
+    assert received == b"*** closing: server is shutting down\n"
+    statistics = hub.statistics()
+    assert statistics.members == 0
+    assert statistics.refused == {"closing": 1}
+    assert server.connections == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert "connection 1 from" not in caplog.text  # never became a member

@@ -26,10 +26,10 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-from .. import __version__
+from .._version import __version__
 from ..errors import ChatError, DependencyMissing
 from ..framing import sanitize
-from . import ChatClient, ConnectionClosed, connect_tcp
+from ._core import ChatClient, ConnectionClosed, connect_tcp
 
 __all__ = ["build_parser", "format_line", "main"]
 
@@ -92,7 +92,7 @@ def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
 
 async def _connect(args: argparse.Namespace) -> ChatClient:
     if args.udp:
-        from . import connect_udp
+        from ._udp import connect_udp
 
         keepalive = 30.0 if args.keepalive is None else args.keepalive
         return await connect_udp(args.host, args.port or 8000, nick=args.name, keepalive=keepalive)

@@ -1,4 +1,4 @@
-"""The UDP side of :mod:`asyncchat.client` (use :func:`asyncchat.client.connect_udp`).
+"""The UDP side of :mod:`asyncchat.client`: :func:`connect_udp`.
 
 A connected datagram socket talks to one server.  Three things differ from
 TCP, and are handled here:
@@ -27,13 +27,22 @@ import re
 from collections import deque
 from typing import Any
 
+from .._udpwire import MAX_DATAGRAM
 from ..events import Closing, Error, Notice
 from ..framing import split_datagram
 from ..protocol import check_nick, parse
-from ..udp import MAX_DATAGRAM
-from . import ChatClient, ConnectionClosed, LoginFailed, _login_error, _peer
+from ._core import (
+    LOGIN_TIMEOUT,
+    MAX_LINE_BYTES,
+    ChatClient,
+    ConnectionClosed,
+    LoginFailed,
+    _Connecting,
+    _login_error,
+    _peer,
+)
 
-__all__ = ["open_udp"]
+__all__ = ["connect_udp", "open_udp"]
 
 logger = logging.getLogger("asyncchat.client")
 
@@ -224,3 +233,36 @@ async def open_udp(
     client._transport = transport
     await client._login(login_timeout)
     return client
+
+
+def connect_udp(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    nick: str,
+    keepalive: float | None = 30.0,
+    login_timeout: float = LOGIN_TIMEOUT,
+    max_line_bytes: int = MAX_LINE_BYTES,
+) -> _Connecting:
+    """Talk to a UDP room and log in as *nick* (see :func:`connect_tcp`).
+
+    The client verifies its address first (the server's anti-amplification
+    rule): it sends a blank line padded to 64 bytes, which buys the greeting
+    and the token notice, answers ``/verify TOKEN``, and only then sends the
+    nickname, so the login reply and the room's history arrive in full.
+    *keepalive* (seconds, default 30, below the server's 120-second
+    ``Limits.udp_idle_timeout``) keeps the member from expiring and detects a
+    server that went away (the client then ends with a
+    :class:`~asyncchat.events.Closing` event).  Lines the server split across
+    datagrams (``+ `` continuations) are joined again.
+    """
+    return _Connecting(
+        lambda: open_udp(
+            host,
+            port,
+            nick=nick,
+            keepalive=keepalive,
+            login_timeout=login_timeout,
+            max_line_bytes=max_line_bytes,
+        )
+    )

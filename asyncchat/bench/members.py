@@ -1,15 +1,15 @@
 """The load tool's members: one TCP or UDP connection each, counting what arrives.
 
-The receive path is the hot path.  A TCP member (:class:`TcpPeer`) is an
+The receive path is the hot path.  A TCP member (:class:`BenchTcpMember`) is an
 :class:`asyncio.BufferedProtocol` reading into one shared buffer; a UDP
-member (:class:`UdpPeer`) is an :class:`asyncio.DatagramProtocol` on its own
+member (:class:`BenchUdpMember`) is an :class:`asyncio.DatagramProtocol` on its own
 connected socket (its own source port, ``SO_RCVBUF`` enlarged).  Both count
 lines with ``count(b"\\n")``.  A byte ``*`` or ``!`` in a chunk means a line
-that is not a benchmark message (see :mod:`._bench_stats`), and over UDP a
+that is not a benchmark message (see :mod:`.stats`), and over UDP a
 ``+`` means a continuation piece of a split line; only then is the chunk
 split into lines.  Only *probe* members (a few per room) parse the
 timestamps, for latency and for the senders' windows.  The worker that
-drives them is in :mod:`._bench_worker`.
+drives them (:mod:`.worker`) is seen here only as a :class:`Host`.
 """
 
 from __future__ import annotations
@@ -17,20 +17,18 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from ._bench_stats import (
+from .stats import (
     WINDOW_PROBE,
+    Errors,
     Group,
     MemberSpec,
     Sender,
     parse_chat_line,
 )
 
-if TYPE_CHECKING:
-    from ._bench_worker import Worker
-
-__all__ = ["Member", "Stopped", "TcpPeer", "UdpPeer"]
+__all__ = ["BenchMember", "BenchTcpMember", "BenchUdpMember", "Host", "Stopped"]
 
 LOGIN, READY, SYNC, COUNTING, CLOSED = range(5)
 
@@ -58,14 +56,30 @@ class Stopped(Exception):
     """The coordinator said stop (or went away)."""
 
 
-class Member:
+class Host(Protocol):
+    """What a member needs of the worker that runs it (:class:`~asyncchat.bench.worker.Worker`)."""
+
+    errors: Errors
+    #: Lines received that are neither benchmark messages nor expected server lines.
+    other_lines: int
+    #: The worker is stopping: lost connections are no longer errors.
+    closing: bool
+
+    def member_ready(self, peer: BenchMember | None, ok: bool) -> None:
+        """A member's login ended (*ok*: it saw its own join line)."""
+
+    def member_synced(self, peer: BenchMember) -> None:
+        """A member saw the pong of its ``/ping`` (or was lost while waiting for it)."""
+
+
+class BenchMember:
     """What TCP and UDP members share: login, the ping barrier, classifying and probing."""
 
     __slots__ = ("_bol", "_marker", "_tail", "group", "probe", "spec", "state", "worker")
 
     udp = False
 
-    def __init__(self, worker: Worker, spec: MemberSpec, group: Group) -> None:
+    def __init__(self, worker: Host, spec: MemberSpec, group: Group) -> None:
         self.worker = worker
         self.spec = spec
         self.group = group
@@ -189,12 +203,12 @@ class Member:
             self.worker.member_synced(self)
 
 
-class TcpPeer(Member, asyncio.BufferedProtocol):
+class BenchTcpMember(BenchMember, asyncio.BufferedProtocol):
     """One TCP member: reads into the worker's shared buffer."""
 
     __slots__ = ("transport",)
 
-    def __init__(self, worker: Worker, spec: MemberSpec, group: Group) -> None:
+    def __init__(self, worker: Host, spec: MemberSpec, group: Group) -> None:
         super().__init__(worker, spec, group)
         self.transport: asyncio.Transport | None = None
 
@@ -229,14 +243,14 @@ class TcpPeer(Member, asyncio.BufferedProtocol):
         self._lost("connection-lost", exc)
 
 
-class UdpPeer(Member, asyncio.DatagramProtocol):
+class BenchUdpMember(BenchMember, asyncio.DatagramProtocol):
     """One UDP member on its own connected socket: verifies its address, then counts."""
 
     __slots__ = ("logged_in", "pending", "sent_at", "transport")
 
     udp = True
 
-    def __init__(self, worker: Worker, spec: MemberSpec, group: Group) -> None:
+    def __init__(self, worker: Host, spec: MemberSpec, group: Group) -> None:
         super().__init__(worker, spec, group)
         self.transport: asyncio.DatagramTransport | None = None
         #: What to send again if no answer comes (login and sync steps).

@@ -52,21 +52,20 @@ import secrets
 import socket
 import struct
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
-from . import runtime
-from ._udpwire import MAX_DATAGRAM, classic_line, pack_datagrams, split_lines, strip_own_prefix
-from .errors import NameTaken, ProtocolError, Refused
-from .events import ChatEvent, Closing, Error, Greeting, Notice
-from .framing import split_datagram
-from .hub import Hub, Member
-from .netaddr import LOOPBACK, IPNetwork, in_networks, parse_networks
-from .protocol import check_nick, encode
-from .runtime import Runtime, attach
-from .session import CommandHandler, Session
+from .. import runtime
+from .._udpwire import MAX_DATAGRAM, classic_line, pack_datagrams, split_lines, strip_own_prefix
+from ..errors import NameTaken, ProtocolError, Refused
+from ..events import ChatEvent, Closing, Error, Greeting, Notice
+from ..framing import split_datagram
+from ..hub import Hub, Member
+from ..netaddr import LOOPBACK, IPNetwork, in_networks, parse_networks
+from ..protocol import check_nick, encode
+from ..server import Server
+from ..session import CommandHandler, Session
 
 __all__ = [
     "AMPLIFICATION_FACTOR",
@@ -77,7 +76,6 @@ __all__ = [
     "UdpServer",
     "UdpStatistics",
     "classic_line",
-    "main",
     "pack_datagrams",
     "serve_udp",
     "split_lines",
@@ -244,7 +242,7 @@ class _Protocol(asyncio.DatagramProtocol):
 # ------------------------------------------------------------------ the server
 
 
-class UdpServer:
+class UdpServer(Server):
     """A running UDP room for one hub; use it as ``async with serve_udp(...)``.
 
     *trust* lists the source ranges verified without a token (CIDR strings or
@@ -254,6 +252,9 @@ class UdpServer:
     down`` (within its budget if unverified) and the socket closes within
     ``Limits.shutdown_timeout``.
     """
+
+    kind = "UDP"
+    logger = logger
 
     def __init__(
         self,
@@ -265,7 +266,7 @@ class UdpServer:
         commands: dict[str, CommandHandler] | None = None,
         trust: Iterable[str | IPNetwork] = LOOPBACK,
     ) -> None:
-        self.hub = hub
+        super().__init__(hub)
         self.host = host
         self.port = port
         self.strict = strict
@@ -273,16 +274,13 @@ class UdpServer:
         #: The source ranges verified without a token.
         self.trust: tuple[IPNetwork, ...] = parse_networks(trust)
         self.max_datagram_in = max(hub.limits.max_line_bytes + 2, MAX_DATAGRAM)
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._transport: asyncio.DatagramTransport | None = None
         self._protocol: _Protocol | None = None
-        self._runtime: Runtime | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._errsock: socket.socket | None = None
         self._peers: dict[tuple[str, int], UdpPeer] = {}  # members
         self._unverified: dict[tuple[str, int], UdpPeer] = {}  # oldest first
         self._secret = secrets.token_bytes(16)
-        self._closing = False
         self._in_send = False
         self._send_failed = False
         self._refusal_logged = -1e9
@@ -312,20 +310,15 @@ class UdpServer:
         where = self.address if self._transport is not None else "closed"
         return f"<UdpServer {where} peers={self.peers}{' strict' if self.strict else ''}>"
 
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        """The event loop the server runs on (set by :meth:`start`)."""
-        if self._loop is None:
-            raise RuntimeError("the server is not started")
-        return self._loop
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """The bound ``(host, port)``, e.g. to learn the port chosen for ``port=0``."""
+    def _addresses(self) -> list[Any]:
         if self._transport is None:
-            raise RuntimeError("the server is not listening")
-        sockname = self._transport.get_extra_info("sockname")
-        return sockname[0], sockname[1]
+            return []
+        return [self._transport.get_extra_info("sockname")]
+
+    def _describe(self) -> str:
+        trusted = ", ".join(map(str, self.trust)) or "none"
+        where = f"{self.address[0]}:{self.address[1]}"
+        return f"UDP{' (strict)' if self.strict else ''} on {where}; trusted sources: {trusted}"
 
     @property
     def peers(self) -> int:
@@ -343,26 +336,12 @@ class UdpServer:
             peers=self.peers, verified=len(self._peers), unverified=len(self._unverified), **self._counts
         )
 
-    async def start(self) -> None:
-        """Bind the socket.  Raises :class:`OSError` if binding fails."""
-        self._loop = asyncio.get_running_loop()
-        self._runtime = attach(self.hub)
-        try:
-            transport, protocol = await self._loop.create_datagram_endpoint(
-                lambda: _Protocol(self), local_addr=(self.host, self.port)
-            )
-        except BaseException:
-            self._runtime.release()
-            self._runtime = None
-            raise
-        self._transport = transport
-        self._protocol = protocol
-        self._errsock = self._enable_recverr(transport)
-        self._timer = self._loop.call_later(runtime.TICK_SECONDS, self._expire)
-        trusted = ", ".join(map(str, self.trust)) or "none"
-        logger.info(
-            "serving UDP%s on %s:%d; trusted sources: %s", " (strict)" if self.strict else "", *self.address, trusted
+    async def _open(self) -> None:
+        self._transport, self._protocol = await self.loop.create_datagram_endpoint(
+            lambda: _Protocol(self), local_addr=(self.host, self.port)
         )
+        self._errsock = self._enable_recverr(self._transport)
+        self._timer = self.loop.call_later(runtime.TICK_SECONDS, self._expire)
 
     @staticmethod
     def _enable_recverr(transport: asyncio.DatagramTransport) -> socket.socket | None:
@@ -671,12 +650,10 @@ class UdpServer:
 
     # -- life cycle
 
-    async def aclose(self, notice: str = "server is shutting down") -> None:
-        """Shut down gracefully (see the class docstring); safe to call twice."""
+    async def _close(self, notice: str) -> None:
+        # From now on input is ignored (self.closing); the closing lines still go out.
         transport = self._transport
-        if transport is None or self._closing:
-            return
-        self._closing = True  # ignore input from now on; the closing lines still go out
+        assert transport is not None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -697,25 +674,6 @@ class UdpServer:
         if self._errsock is not None:
             self._errsock.close()
             self._errsock = None
-        if self._runtime is not None:
-            self._runtime.release()
-            self._runtime = None
-        logger.info("UDP server closed")
-
-    async def serve_forever(self) -> None:
-        """Wait until the server is closed (e.g. by cancelling this call's task)."""
-        if self._protocol is None:
-            raise RuntimeError("the server is not started")
-        await asyncio.shield(self._protocol.closed)
-
-    async def __aenter__(self) -> UdpServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
 
 def _same(candidate: str, token: str) -> bool:
@@ -742,14 +700,3 @@ def serve_udp(
     :class:`ValueError` for a bad range in *trust*.
     """
     return UdpServer(hub, host=host, port=port, strict=strict, commands=commands, trust=trust)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m asyncchat.udp``: serve a chat over UDP until SIGINT or SIGTERM."""
-    from .cli import run
-
-    return run(argv, prog="python -m asyncchat.udp", tcp=False, udp=True)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

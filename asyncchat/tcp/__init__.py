@@ -26,26 +26,23 @@ import os
 import ssl as ssl_module
 import sys
 from collections.abc import Sequence
-from types import TracebackType
 from typing import Any, cast
 
-from .errors import Refused
-from .events import Error
-from .framing import LineDecoder
-from .hub import Hub, Member
-from .protocol import encode
-from .runtime import Runtime, attach
-from .session import CommandHandler, Session
+from ..errors import Refused
+from ..events import Closing, Error
+from ..framing import LineDecoder
+from ..hub import Hub, Member
+from ..protocol import encode
+from ..server import Server
+from ..session import CommandHandler, Session
 
-__all__ = ["Connection", "TcpServer", "main", "serve_tcp"]
+__all__ = ["Connection", "TcpServer", "serve_tcp"]
 
 logger = logging.getLogger("asyncchat.tcp")
 
 #: Transport write-buffer marks in bytes; above HIGH the member is paused.
 WRITE_HIGH = 64 * 1024
 WRITE_LOW = 16 * 1024
-#: Refused connections are logged at most once per this many seconds, with a count.
-REFUSED_LOG_SECONDS = 10.0
 
 
 def _peer_name(peer: Any) -> tuple[str, str]:
@@ -128,13 +125,18 @@ class Connection(asyncio.Protocol):
                 self._loop.call_later(self._hub.limits.shutdown_timeout, self.transport.abort)
 
 
-class TcpServer:
+class TcpServer(Server):
     """A running TCP relay for one hub; use it as ``async with serve_tcp(...)``.
 
     Leaving the ``async with`` block shuts down gracefully: stop accepting,
     tell every member ``*** closing: server is shutting down``, flush within
-    ``Limits.shutdown_timeout`` seconds, then close what is left.
+    ``Limits.shutdown_timeout`` seconds, then close what is left.  A
+    connection that arrives (or finishes its TLS handshake) once shutdown has
+    begun gets that closing line and is closed at once.
     """
+
+    kind = "TCP"
+    logger = logger
 
     def __init__(
         self,
@@ -147,77 +149,49 @@ class TcpServer:
         backlog: int = 4096,
         commands: dict[str, CommandHandler] | None = None,
     ) -> None:
-        self.hub = hub
+        super().__init__(hub)
         self.host = host
         self.port = port
         self.unix = unix
         self.ssl = ssl
         self.backlog = backlog
         self.commands = commands
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
-        self._runtime: Runtime | None = None
         self._connections: set[Connection] = set()
         self._drained: asyncio.Future[None] | None = None
-        # Refusals are logged at most once per REFUSED_LOG_SECONDS (a flood must not flood the log).
-        self._refused_logged_at = float("-inf")
-        self._refused_unlogged = 0
         self._unix_file: tuple[int, int] | None = None
 
     def __repr__(self) -> str:
         return f"<TcpServer {self.addresses} connections={len(self._connections)}>"
 
-    async def start(self) -> None:
-        """Bind and start accepting.  Raises :class:`OSError` if binding fails."""
-        self._loop = asyncio.get_running_loop()
-        self._runtime = attach(self.hub)
+    async def _open(self) -> None:
         # A TLS handshake happens before the connection is a member: bound it by
         # the login timeout too, or a TLS slowloris holds sockets for 60 s each.
         handshake = self.hub.limits.login_timeout if self.ssl is not None else None
-        try:
-            if self.unix is not None:
-                self._server = await asyncio.start_unix_server(
-                    self._accept, self.unix, ssl=self.ssl, backlog=self.backlog, ssl_handshake_timeout=handshake
-                )
-            else:
-                self._server = await asyncio.start_server(
-                    self._accept,
-                    self.host,
-                    self.port,
-                    ssl=self.ssl,
-                    backlog=self.backlog,
-                    ssl_handshake_timeout=handshake,
-                )
-        except BaseException:
-            self._runtime.release()
-            self._runtime = None
-            raise
         if self.unix is not None:
+            self._server = await asyncio.start_unix_server(
+                self._accept, self.unix, ssl=self.ssl, backlog=self.backlog, ssl_handshake_timeout=handshake
+            )
             info = os.stat(self.unix)
             self._unix_file = (info.st_dev, info.st_ino)
-        logger.info("serving TCP%s on %s", " (TLS)" if self.ssl else "", ", ".join(map(str, self.addresses)))
+        else:
+            self._server = await asyncio.start_server(
+                self._accept,
+                self.host,
+                self.port,
+                ssl=self.ssl,
+                backlog=self.backlog,
+                ssl_handshake_timeout=handshake,
+            )
+        self._watch_accept(self._server.sockets)
 
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        """The event loop the server runs on (set by :meth:`start`)."""
-        if self._loop is None:
-            raise RuntimeError("the server is not started")
-        return self._loop
-
-    @property
-    def addresses(self) -> list[Any]:
-        """The bound socket addresses: ``(host, port[, ...])`` tuples, or Unix paths."""
+    def _addresses(self) -> list[Any]:
         if self._server is None:
             return []
         return [sock.getsockname() for sock in self._server.sockets]
 
-    @property
-    def address(self) -> tuple[str, int]:
-        """The first bound ``(host, port)``, e.g. to learn the port chosen for ``port=0``."""
-        for addr in self.addresses:
-            if isinstance(addr, tuple):
-                return addr[0], addr[1]
-        raise RuntimeError("the server is not listening on TCP")
+    def _describe(self) -> str:
+        return f"TCP{' (TLS)' if self.ssl else ''} on {', '.join(map(str, self.addresses))}"
 
     @property
     def connections(self) -> int:
@@ -228,11 +202,19 @@ class TcpServer:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         transport = cast(asyncio.Transport, writer.transport)
         shown, ip = _peer_name(transport.get_extra_info("peername"))
+        if self._closing:  # accepted, or done with its TLS handshake, after shutdown began
+            logger.debug("refused connection from %s: shutting down", shown)
+            self.hub.note_refused("closing")
+            transport.write(encode(Closing(self._notice)))
+            transport.close()
+            return
+        if self._fd_exhausted(transport, shown, len(self._connections)):
+            return
         try:
             connection = Connection(self, transport, writer)
             member = self.hub.connect(connection, kind="tcp", peer=shown, ip=ip, now=self.loop.time())
         except Refused as exc:
-            self._log_refused(shown, exc)
+            self._warn_limited("refused", f"refused connection from {shown}: {exc}")
             transport.write(encode(Error(str(exc))))
             transport.close()
             return
@@ -244,16 +226,6 @@ class TcpServer:
         logger.info("connection %d from %s", member.id, shown)
         connection.session = Session(self.hub, member, now=self.loop.time(), extra_commands=self.commands)
 
-    def _log_refused(self, shown: str, exc: Refused) -> None:
-        now = self.loop.time()
-        if now - self._refused_logged_at < REFUSED_LOG_SECONDS:
-            self._refused_unlogged += 1
-            return
-        more = f" (and {self._refused_unlogged} more since the last report)" if self._refused_unlogged else ""
-        logger.warning("refused connection from %s: %s%s", shown, exc, more)
-        self._refused_logged_at = now
-        self._refused_unlogged = 0
-
     def _forget(self, connection: Connection) -> None:
         if connection in self._connections:
             self._connections.discard(connection)
@@ -262,12 +234,11 @@ class TcpServer:
             if not self._connections and self._drained is not None and not self._drained.done():
                 self._drained.set_result(None)
 
-    async def aclose(self, notice: str = "server is shutting down") -> None:
-        """Shut down gracefully (see the class docstring); safe to call twice."""
+    async def _close(self, notice: str) -> None:
         server, self._server = self._server, None
-        if server is None:
-            return
+        assert server is not None
         server.close()
+        self._unwatch_accept()
         members = [c.member for c in self._connections if c.member is not None]
         self.hub.close_all(notice, members=members)
         if self._connections:
@@ -281,10 +252,6 @@ class TcpServer:
                 connection.transport.abort()
         await server.wait_closed()
         self._remove_unix_file()
-        if self._runtime is not None:
-            self._runtime.release()
-            self._runtime = None
-        logger.info("TCP server closed")
 
     def _remove_unix_file(self) -> None:
         """Remove our Unix socket file (asyncio leaves it), unless another server replaced it."""
@@ -295,21 +262,6 @@ class TcpServer:
             if (info.st_dev, info.st_ino) == self._unix_file:
                 os.unlink(self.unix)
         self._unix_file = None
-
-    async def serve_forever(self) -> None:
-        """Wait until the server is closed (e.g. by cancelling this call's task)."""
-        if self._server is None:
-            raise RuntimeError("the server is not started")
-        await self._server.serve_forever()
-
-    async def __aenter__(self) -> TcpServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
 
 def serve_tcp(
@@ -328,14 +280,3 @@ def serve_tcp(
     enables TLS.  *commands* adds ``/name`` commands: ``{name: handler(session, arg)}``.
     """
     return TcpServer(hub, host=host, port=port, unix=unix, ssl=ssl, backlog=backlog, commands=commands)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m asyncchat.tcp``: serve a chat over TCP until SIGINT or SIGTERM."""
-    from .cli import run
-
-    return run(argv, prog="python -m asyncchat.tcp", tcp=True, udp=False)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """One process of the load tool: members, senders and probes on one event loop.
 
-The coordinator (:mod:`asyncchat.bench`) starts one worker per ``--workers``
+The coordinator (:mod:`.coordinator`) starts one worker per ``--workers``
 and drives it over a pipe, in steps::
 
     parent -> ("login",)             (once every worker process is up)
@@ -16,7 +16,7 @@ and drives it over a pipe, in steps::
     worker -> ("result", info)       after every expected line arrived, or the drain timeout
     parent -> ("stop",)              close everything and exit
 
-The members themselves (the receive path) are in :mod:`._bench_members`.
+The members themselves (the receive path) are in :mod:`.members`.
 
 UDP members log in as :mod:`asyncchat.client._udp` does: a padded blank
 probe, then (in one datagram) ``/verify TOKEN``, the nickname and the
@@ -41,7 +41,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ._bench_members import (
+from .members import (
     _KEEPALIVE,
     _PROGRESS_SECONDS,
     _UPKEEP_SECONDS,
@@ -49,24 +49,14 @@ from ._bench_members import (
     READY,
     UDP_DRAIN_QUIET_SECONDS,
     WINDOW_STALL_SECONDS,
-    Member,
+    BenchMember,
+    BenchTcpMember,
+    BenchUdpMember,
     Stopped,
-    TcpPeer,
-    UdpPeer,
 )
-from ._bench_stats import (
-    NOT_PROBE,
-    PROBE,
-    WINDOW_PROBE,
-    Errors,
-    Group,
-    Histogram,
-    MemberSpec,
-    Sender,
-    WorkerPlan,
-)
+from .stats import Errors, Group, Histogram, MemberSpec, Sender, WorkerPlan
 
-__all__ = ["NOT_PROBE", "PROBE", "WINDOW_PROBE", "MemberSpec", "WorkerPlan", "worker_main"]
+__all__ = ["Worker", "worker_main"]
 
 
 class Worker:
@@ -79,8 +69,8 @@ class Worker:
         self.other_lines = 0
         self.closing = False
         self.groups = {r: Group(r, name) for r, name in enumerate(plan.rooms)}
-        self.peers: list[Member] = []
-        self.udp_peers: list[UdpPeer] = []
+        self.peers: list[BenchMember] = []
+        self.udp_peers: list[BenchUdpMember] = []
         self.senders: list[Sender] = []
         self.udp_retries = 0
         self._waiting = 0
@@ -109,10 +99,10 @@ class Worker:
     def _tell(self, *message: Any) -> None:
         self.conn.send(message)
 
-    def member_ready(self, peer: Member | None, ok: bool) -> None:
+    def member_ready(self, peer: BenchMember | None, ok: bool) -> None:
         self._count_down()
 
-    def member_synced(self, peer: Member) -> None:
+    def member_synced(self, peer: BenchMember) -> None:
         self._count_down()
 
     def _count_down(self) -> None:
@@ -250,9 +240,9 @@ class Worker:
         udp_limit = asyncio.Semaphore(plan.parallel_udp_logins)
         udp_addresses = [await _resolve(loop, host, port) for host, port in plan.udp_nodes]
 
-        async def connect_tcp(spec: MemberSpec, group: Group) -> Member | None:
+        async def connect_tcp(spec: MemberSpec, group: Group) -> BenchMember | None:
             host, port = plan.tcp_nodes[spec.node]
-            peer = TcpPeer(self, spec, group)
+            peer = BenchTcpMember(self, spec, group)
             async with limit:
                 try:
                     async with asyncio.timeout(plan.connect_timeout):
@@ -264,9 +254,9 @@ class Worker:
             peer.send(peer.login_lines())
             return peer
 
-        async def connect_udp(spec: MemberSpec, group: Group) -> Member | None:
+        async def connect_udp(spec: MemberSpec, group: Group) -> BenchMember | None:
             family, address = udp_addresses[spec.node]
-            peer = UdpPeer(self, spec, group)
+            peer = BenchUdpMember(self, spec, group)
             await udp_limit.acquire()
             try:
                 sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -408,7 +398,7 @@ async def _sleep_until(when_ns: int) -> None:
 
 def worker_main(conn: Connection, plan: WorkerPlan) -> None:
     """Process entry point: run *plan*, reporting over *conn*; exits when told or orphaned."""
-    from .cli import new_event_loop
+    from ..cli import new_event_loop
 
     if plan.cpu is not None:
         os.sched_setaffinity(0, {plan.cpu})

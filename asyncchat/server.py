@@ -40,9 +40,10 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
+from .errors import ErrorCode
 from .events import Error
 from .hub import Hub
-from .protocol import encode
+from .protocol import encode_with_codes
 from .runtime import Runtime, attach
 
 __all__ = ["FD_RESERVE", "WARNING_INTERVAL", "Server", "open_file_limit"]
@@ -233,7 +234,9 @@ class Server:
             f"refused connection from {shown}: out of file descriptors "
             f"(descriptor {fd} of limit {limit}, {FD_RESERVE} kept spare; {connections} connections open)",
         )
-        transport.write(encode(Error(f"server is out of file descriptors (limit {limit})")))
+        transport.write(
+            encode_with_codes(Error(f"server is out of file descriptors (limit {limit})", ErrorCode.SERVER_FULL))
+        )
         transport.close()
         return True
 

@@ -25,7 +25,7 @@ def roll(session: Session, arg: str) -> None:
     match = DICE.fullmatch(arg or "1d6")
     if match is None:
         raise ProtocolError("usage: /roll [NdM], e.g. /roll 2d6")
-    room = session.member.room
+    room = session.room
     if room is None:
         raise ProtocolError("you are not in a room; /join one")
     count, sides = int(match[1] or 1), int(match[2])

@@ -426,7 +426,9 @@ async def test_connections_over_the_per_ip_limit_are_refused() -> None:
         try:
             reader, writer = await asyncio.open_connection(*server.address)
             async with asyncio.timeout(TIMEOUT):
-                assert await reader.read() == b"! too many connections from 127.0.0.1 (limit 5)\n"
+                assert (
+                    await reader.read() == b"! [too-many-from-address] too many connections from 127.0.0.1 (limit 5)\n"
+                )
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()

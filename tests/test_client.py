@@ -191,13 +191,20 @@ async def fake_server(script: Script) -> asyncio.Server:
     return await asyncio.start_server(handle, "127.0.0.1", 0)
 
 
+async def read_nick(reader: asyncio.StreamReader) -> str:
+    """The nickname a client sends, after its ``/codes on``."""
+    line = (await reader.readline()).decode().strip()
+    assert line == "/codes on", line
+    return (await reader.readline()).decode().strip()
+
+
 @pytest.fixture
 async def greeter() -> AsyncIterator[asyncio.Server]:
     """A server that greets, reads the nickname and hangs up without logging in."""
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"*** welcome\n")
-        await reader.readline()
+        await read_nick(reader)
 
     server = await fake_server(script)
     async with server:
@@ -243,7 +250,7 @@ async def test_server_shutdown_gives_final_closing(hub: Hub) -> None:
 async def test_close_without_closing_line_gives_made_up_closing(abort: bool) -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"*** welcome\n")
-        nick = (await reader.readline()).decode().strip()
+        nick = await read_nick(reader)
         writer.write(f"* {nick} joined lobby\nbob: hi\n".encode())
         await writer.drain()
         if abort:
@@ -270,7 +277,7 @@ async def test_close_without_closing_line_gives_made_up_closing(abort: bool) -> 
 async def test_control_characters_from_server_are_escaped() -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"*** welcome\n")
-        nick = (await reader.readline()).decode().strip()
+        nick = await read_nick(reader)
         writer.write(f"* {nick} joined lobby\nmallory: \x1b[2Jgone\x07\r\n*** closing: bye\n".encode())
         await writer.drain()
         await reader.read()
@@ -458,7 +465,7 @@ async def test_udp_server_gone_is_detected_by_keepalive() -> None:
             self.transport: asyncio.DatagramTransport = transport  # type: ignore[assignment]
 
         def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-            line = data.decode().strip()
+            line = data.decode().strip().rpartition("\n")[2]  # the nickname comes after "/codes on"
             if not line:
                 reply = "*** to receive all messages, send /verify abc\n"
             elif line == "/verify abc":
@@ -509,7 +516,7 @@ async def test_terminal_main_escapes_control_characters() -> None:
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"*** welcome\n")
-        nick = (await reader.readline()).decode().strip()
+        nick = await read_nick(reader)
         writer.write(f"* {nick} joined lobby\nmallory: \x1b]0;pwned\x07\x1b[2J\n".encode())
         await reader.readline()  # /quit
         writer.write(b"*** closing: goodbye\n")

@@ -185,7 +185,7 @@ async def test_custom_command_roll() -> None:
             assert sum(dice) == int(match[4])
             assert await until(alice, rolled) == roll  # the roller sees it too
             await alice.send_line("/roll banana")
-            await until(alice, Error("usage: /roll [NdM], e.g. /roll 2d6"))
+            await until(alice, Error("usage: /roll [NdM], e.g. /roll 2d6", "error"))
             await alice.send_line("/help")
             await until(alice, Notice("  /roll"))
         assert await server.stop() == 0

@@ -23,7 +23,7 @@ from asyncchat.cli import check_open_file_limit, raise_open_file_limit
 from .chatclient import TIMEOUT
 
 LIMIT = 64
-REFUSAL = f"! server is out of file descriptors (limit {LIMIT})\n".encode()
+REFUSAL = f"! [server-full] server is out of file descriptors (limit {LIMIT})\n".encode()
 SERVER = (
     "import resource, sys\n"
     f"resource.setrlimit(resource.RLIMIT_NOFILE, ({LIMIT}, {LIMIT}))\n"

@@ -122,7 +122,7 @@ async def test_max_members_refuses_with_the_numbers() -> None:
         ):
             reader, writer = await asyncio.open_connection(*server.address)
             async with asyncio.timeout(TIMEOUT):
-                assert await reader.read() == b"! server is full (2 members)\n"
+                assert await reader.read() == b"! [server-full] server is full (2 members)\n"
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()

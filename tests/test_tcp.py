@@ -250,7 +250,7 @@ async def test_refused_when_full() -> None:
     async with serve_tcp(hub, port=0) as server, await LineClient.connect(server.address):
         reader, writer = await asyncio.open_connection(*server.address)
         async with asyncio.timeout(10):
-            assert await reader.read() == b"! server is full (1 members)\n"
+            assert await reader.read() == b"! [server-full] server is full (1 members)\n"
         writer.close()
         with contextlib.suppress(ConnectionError, OSError):
             await writer.wait_closed()
@@ -272,7 +272,7 @@ async def test_refusals_are_logged_once_per_interval(caplog: pytest.LogCaptureFi
         for _ in range(20):
             reader, writer = await asyncio.open_connection(*server.address)
             async with asyncio.timeout(10):
-                assert await reader.read() == b"! server is full (1 members)\n"
+                assert await reader.read() == b"! [server-full] server is full (1 members)\n"
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()

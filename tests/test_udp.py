@@ -751,7 +751,7 @@ async def test_refused_address_is_told_once_verified_or_trusted(tcp_server: Any)
             assert hub.statistics().members == 1
             # ...then the hub refuses it, and a verified address may be told so.
             eve.send(f"/verify {eve.token}")
-            assert await eve.line() == "! too many connections from 127.0.0.1 (limit 1)"
+            assert await eve.line() == "! [too-many-from-address] too many connections from 127.0.0.1 (limit 1)"
             await barrier(bob, "1")
             assert server.statistics().refused == 1
             assert server.peers == 1
@@ -759,7 +759,7 @@ async def test_refused_address_is_told_once_verified_or_trusted(tcp_server: Any)
             mallory = await UdpClient.open(trusting.address)
             try:
                 mallory.send("mallory")
-                assert await mallory.line() == "! too many connections from 127.0.0.1 (limit 1)"
+                assert await mallory.line() == "! [too-many-from-address] too many connections from 127.0.0.1 (limit 1)"
                 assert trusting.statistics().refused == 1
                 assert trusting.peers == 0
             finally:

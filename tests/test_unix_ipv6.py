@@ -121,7 +121,9 @@ async def test_tcp_over_ipv6() -> None:
             async with await LineClient.connect((host, port)):
                 reader, writer = await asyncio.open_connection(host, port)
                 async with asyncio.timeout(TIMEOUT):
-                    assert await reader.read() == b"! too many connections from ::/64 (limit 2)\n"
+                    assert (
+                        await reader.read() == b"! [too-many-from-address] too many connections from ::/64 (limit 2)\n"
+                    )
                 writer.close()
             assert hub.statistics().refused == {"per-ip": 1}
 

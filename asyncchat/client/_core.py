@@ -19,6 +19,7 @@ from typing import Any
 from ..errors import (
     ChatError,
     ConnectionClosed,
+    ErrorCode,
     InvalidName,
     LoginFailed,
     NameTaken,
@@ -52,17 +53,18 @@ LOGIN_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 5.0
 
 
-def _login_error(text: str) -> ChatError:
-    """The exception for an error line received in answer to the nickname."""
-    if "is taken" in text:
+def _login_error(error: Error) -> ChatError:
+    """The exception for an error reply to the nickname, chosen by its stable code."""
+    text, code = error.text, error.code
+    if code == ErrorCode.NICK_TAKEN:
         return NameTaken(text)
-    if "is invalid" in text:
+    if code == ErrorCode.INVALID_NICK:
         return InvalidName(text)
-    if text.startswith("server is full"):
+    if code == ErrorCode.SERVER_FULL:
         return Refused("full", text)
-    if text.startswith("too many connections"):
+    if code == ErrorCode.TOO_MANY_FROM_ADDRESS:
         return Refused("per-ip", text)
-    return LoginFailed(f"login refused: {text}")
+    return LoginFailed(f"login refused: {text}", code)
 
 
 class ChatClient:
@@ -131,7 +133,9 @@ class ChatClient:
         try:
             async with asyncio.timeout(within):
                 await self._before_login()
-                await self._send(f"{self.nick}\n".encode())
+                # Error replies carry their stable codes ("! [nick-taken] ..."), so the
+                # client decides by code, never by English text.
+                await self._send(f"/codes on\n{self.nick}\n".encode())
                 key = fold(self.nick)
                 while True:
                     line = await self._read_raw()
@@ -142,8 +146,8 @@ class ChatClient:
                     match event:
                         case Joined(nick) if fold(nick) == key:
                             break
-                        case Error(text):
-                            raise _login_error(text)
+                        case Error():
+                            raise _login_error(event)
                         case Closing(reason):
                             raise LoginFailed(f"the server closed the connection: {reason}")
         except TimeoutError:

@@ -215,7 +215,7 @@ class UdpClient(ChatClient):
                                 pending = verify
                                 break
                         elif isinstance(event, Error):
-                            raise _login_error(event.text)
+                            raise _login_error(event)
                         elif isinstance(event, Closing):
                             raise LoginFailed(f"the server closed the connection: {event.reason}")
             except TimeoutError:

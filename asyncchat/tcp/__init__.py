@@ -32,7 +32,7 @@ from ..errors import Refused
 from ..events import Closing, Error
 from ..framing import LineDecoder
 from ..hub import Hub, Member
-from ..protocol import encode
+from ..protocol import encode, encode_with_codes
 from ..server import Server
 from ..session import CommandHandler, Session
 
@@ -215,7 +215,7 @@ class TcpServer(Server):
             member = self.hub.connect(connection, kind="tcp", peer=shown, ip=ip, now=self.loop.time())
         except Refused as exc:
             self._warn_limited("refused", f"refused connection from {shown}: {exc}")
-            transport.write(encode(Error(str(exc))))
+            transport.write(encode_with_codes(Error(str(exc), exc.code)))  # no session: the code always
             transport.close()
             return
         transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)

@@ -63,7 +63,7 @@ from ..events import ChatEvent, Closing, Error, Greeting, Notice
 from ..framing import split_datagram
 from ..hub import Hub, Member
 from ..netaddr import LOOPBACK, IPNetwork, in_networks, parse_networks
-from ..protocol import check_nick, encode
+from ..protocol import check_nick, encode, encode_with_codes
 from ..server import Server
 from ..session import CommandHandler, Session
 
@@ -445,7 +445,9 @@ class UdpServer(Server):
                 self._refusal_logged = now
                 logger.warning("refused UDP peer %s: %s (%d refused so far)", shown, exc, self._counts["refused"])
             peer.closed = True
-            self._sendto(encode(Error(str(exc), exc.code)), peer.address)  # verified or trusted: not a reflector
+            self._sendto(
+                encode_with_codes(Error(str(exc), exc.code)), peer.address
+            )  # verified or trusted: not a reflector
             return False
         peer.member = member
         self._peers[peer.key] = peer

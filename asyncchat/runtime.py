@@ -39,6 +39,7 @@ class Runtime:
         self.hub = hub
         self.loop = loop
         self.users = 0
+        #: Ticks that raised (each logged at ERROR; the timer re-armed all the same).
         self.ticks_failed = 0
         self._tick_seconds = tick_seconds
         self._timer: asyncio.TimerHandle | None = None

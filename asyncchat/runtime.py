@@ -46,9 +46,13 @@ class Runtime:
         self._stats_interval = 0.0
         self._stats_timer: asyncio.TimerHandle | None = None
         self._next_flush = 0.0
-        # The first tick raises to attach()'s caller (a hub whose bus is not started, say).
-        hub.tick(loop.time())
         hub.set_wakeup(self._wakeup)
+        try:
+            # The first tick raises to attach()'s caller (a hub whose bus is not started, say).
+            hub.tick(loop.time())
+        except BaseException:
+            hub.set_wakeup(None)
+            raise
         self._timer = loop.call_later(tick_seconds, self._tick)
 
     @property

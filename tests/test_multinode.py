@@ -23,7 +23,7 @@ import pytest
 
 from asyncchat import Hub, Limits
 from asyncchat.cli import build_parser
-from asyncchat.events import Left
+from asyncchat.events import Joined, Left
 from asyncchat.tcp import TcpServer, serve_tcp
 
 from .chatclient import TIMEOUT, LineClient
@@ -269,7 +269,11 @@ async def test_a_burst_of_logins_does_not_look_like_an_outage(
 
 async def test_lines_sent_before_the_claim_is_answered_are_kept(redis_server: RedisServer, namespace: str) -> None:
     async with node(redis_server.url, namespace, "a") as a, node(redis_server.url, namespace, "b") as b:
+        events = HubEvents(a.hub)
         bob = await LineClient.connect(b.tcp.address, "bob")
+        # Node a knows bob (its /who lists him) once b's join envelope arrived there.
+        await events.wait(lambda seen: Joined("bob", "lobby") in seen)
+        events.close()
         alice = await LineClient.connect(a.tcp.address)
         await alice.send_raw(b"bob\nalice\nfirst\n/who\n")  # one write: taken, then alice, then chat
         assert await alice.line() == "! nickname 'bob' is taken"

@@ -130,7 +130,10 @@ class Bus(Protocol):
     """The transport between nodes.  Every method is synchronous and never blocks.
 
     Implementations: :class:`InProcessBus` and :class:`asyncchat.redis_bus.RedisBus`,
-    both checked by one contract test suite.
+    both checked by one contract test suite.  A bus that is not started raises
+    :class:`~asyncchat.errors.UsageError` from every method but :meth:`bind`;
+    once closed, :meth:`claim` raises it, :meth:`publish` drops (and counts)
+    and :meth:`release` / :meth:`refresh` do nothing.
     """
 
     #: This node's id, unique in the cluster.
@@ -236,8 +239,7 @@ class InProcessBus:
     def claim(self, key: str, callback: ClaimCallback) -> None:
         network = self.network
         if network is None:
-            callback(False)
-            return
+            raise UsageError(f"{self!r} is closed: stop the servers of its hub before closing the bus")
         owner = network._claims.setdefault(key, self.node_id)
         callback(owner == self.node_id)
 

@@ -28,6 +28,21 @@ Redis within ``claim_timeout`` seconds is decided by this node alone (the
 replica of other nodes is still checked).  When Redis returns, traffic
 resumes and the next heartbeats repair presence (pub/sub does not replay
 what was published while a node was disconnected).
+
+Whatever a failure looks like (a :class:`~redis.exceptions.RedisError`, an
+:class:`OSError`, or, under uvloop, a :class:`RuntimeError` from a transport
+that closed during redis-py's reconnect), the publisher and subscriber tasks
+never end while the bus runs: each failure is counted
+(:attr:`RedisBus.subscriber_failures`, :attr:`RedisBus.publisher_failures`,
+:attr:`RedisBus.script_failures`), logged (at WARNING for the first of an
+outage, at DEBUG after that) and followed by a reconnect with backoff.  A
+nickname claim is always answered.
+
+The bus must be started before its hub uses it: :meth:`~RedisBus.claim`,
+:meth:`~RedisBus.publish`, :meth:`~RedisBus.release` and
+:meth:`~RedisBus.refresh` on a bus that is not started raise
+:class:`~asyncchat.errors.UsageError` (so does a claim on a closed bus;
+what is published after :meth:`~RedisBus.aclose` is dropped and counted).
 """
 
 from __future__ import annotations
@@ -51,7 +66,7 @@ from .bus import (
     encode_envelope,
     new_node_id,
 )
-from .errors import DependencyMissing
+from .errors import DependencyMissing, UsageError
 
 try:
     import redis.asyncio as aioredis
@@ -100,6 +115,11 @@ _FAILURES = (RedisError, OSError, TimeoutError)
 
 #: Nickname scripts (claim, release, refresh) in flight at once; more wait their turn.
 MAX_CONCURRENT_EVALS = 16
+#: Seconds of the first pause before reconnecting (doubled after each failure, up to ``max_backoff``).
+INITIAL_BACKOFF = 0.05
+
+_NOT_STARTED = "RedisBus is not started: use 'async with bus' or await bus.start()"
+_CLOSED = "RedisBus is closed: stop the servers of its hub before closing the bus"
 
 
 def _without_password(url: str) -> str:
@@ -153,8 +173,13 @@ class RedisBus:
         self.received = 0
         self.dropped = 0
         self.invalid = 0
-        #: Times the connection to Redis was lost.
+        #: Times the connection to Redis was lost (one outage may span many failures).
         self.outages = 0
+        #: Failures of the subscriber's connection, of a publish, of a nickname script
+        #: (claim, release, refresh), whatever the exception; each is logged and retried.
+        self.subscriber_failures = 0
+        self.publisher_failures = 0
+        self.script_failures = 0
         self._receiver: Receiver | None = None
         self._buffer: deque[Envelope] = deque()
         self._client: aioredis.Redis | None = None
@@ -186,6 +211,8 @@ class RedisBus:
         """Start the publisher and subscriber tasks on the running loop (returns at once)."""
         if self._tasks:
             raise RuntimeError(f"{self!r} is already started")
+        if self._closing:
+            raise RuntimeError(f"{self!r} is closed: create a new RedisBus")
         self._client = aioredis.Redis.from_url(
             self.url,
             socket_connect_timeout=self.claim_timeout,
@@ -234,12 +261,17 @@ class RedisBus:
         for task in [*self._tasks, *self._pending]:
             task.cancel()
         for task in [*self._tasks, *self._pending]:
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # a bug: say so, and still close the connections
+                logger.exception("task %s of the Redis bus had failed", task.get_name())
         self._tasks = []
         self._receiver = None
         if client is not None:
-            await client.aclose()
+            with contextlib.suppress(Exception):
+                await client.aclose()
         logger.info(
             "Redis bus of node %s closed (published %d, dropped %d)", self.node_id, self.published, self.dropped
         )
@@ -259,6 +291,8 @@ class RedisBus:
         self._receiver = receiver
 
     def publish(self, envelope: Envelope) -> None:
+        """See :meth:`Bus.publish`; raises :class:`UsageError` before :meth:`start`, drops after :meth:`aclose`."""
+        self._check_started()
         if self._closing or len(self._buffer) >= self.max_buffer:
             self.dropped += 1
             return
@@ -267,20 +301,34 @@ class RedisBus:
             self._wake.set()
 
     def claim(self, key: str, callback: ClaimCallback) -> None:
+        """See :meth:`Bus.claim`; raises :class:`UsageError` before :meth:`start` and once closing."""
+        self._check_started()
+        if self._closing:
+            raise UsageError(_CLOSED)
         self._spawn(self._claim(key, callback))
 
     def release(self, key: str) -> None:
-        if key in self._claimed:
+        """See :meth:`Bus.release`; raises :class:`UsageError` before :meth:`start` (after close: nothing to do)."""
+        self._check_started()
+        if key in self._claimed and not self._closing:
             self._claimed.discard(key)
             self._spawn(self._eval(_RELEASE, [self._key(key)], self.node_id))
 
     def refresh(self, keys: Collection[str]) -> None:
+        """See :meth:`Bus.refresh`; raises :class:`UsageError` before :meth:`start` (after close: nothing to do)."""
+        self._check_started()
+        if self._closing:
+            return
         self._claimed.update(keys)
         if keys and self._up:
             ttl = str(int(self.node_timeout * 1000))
             self._spawn(self._eval(_REFRESH, [self._key(k) for k in keys], self.node_id, ttl))
 
     # ------------------------------------------------------------- internals
+
+    def _check_started(self) -> None:
+        if self._client is None and not self._closing:
+            raise UsageError(_NOT_STARTED)
 
     def _key(self, key: str) -> str:
         return f"{self.namespace}:nick:{key}"
@@ -300,8 +348,9 @@ class RedisBus:
             try:
                 async with asyncio.timeout(self.claim_timeout):
                     await self._client.eval(script, len(keys), *keys, *args)
-            except _FAILURES as exc:
-                self._down(exc)
+            except Exception as exc:  # anything but cancellation: the claim expires by itself
+                self.script_failures += 1
+                self._down(exc, "nickname script")
 
     async def _claim(self, key: str, callback: ClaimCallback) -> None:
         assert self._client is not None
@@ -310,25 +359,40 @@ class RedisBus:
         try:
             async with self._evals, asyncio.timeout(self.claim_timeout):
                 granted = bool(await self._client.eval(_CLAIM, 1, self._key(key), self.node_id, ttl))
-        except _FAILURES as exc:
-            self._down(exc)
+        except Exception as exc:  # anything but cancellation: the claim is still answered
+            self.script_failures += 1
+            self._down(exc, "claim")
             logger.debug("claim of %r decided locally: Redis unavailable", key)
             granted = True  # Redis is down: this node decides alone (replica already checked)
         else:
             self._up_again()
         if granted:
             self._claimed.add(key)
-        callback(granted)
+        try:
+            callback(granted)
+        except Exception:
+            logger.exception("the callback of the claim of %r failed", key)
 
-    def _down(self, exc: BaseException) -> None:
-        if self._up or not self._down_logged:
+    def _down(self, exc: BaseException, where: str) -> None:
+        """Log a failure: at WARNING for the first of an outage, at DEBUG after that.
+
+        A failure that is neither a Redis nor a socket error (uvloop raises
+        :class:`RuntimeError` for a transport that closed under redis-py) is
+        logged with its traceback, but it is handled the same way.
+        """
+        expected = isinstance(exc, _FAILURES)
+        first = self._up or not self._down_logged
+        if first:
             self.outages += 1
-            logger.warning(
-                "node %s: Redis at %s unavailable (%s); serving local members only, retrying with backoff",
-                self.node_id,
-                self._shown_url,
-                exc or type(exc).__name__,
-            )
+        logger.log(
+            logging.WARNING if first else logging.DEBUG,
+            "node %s: Redis at %s unavailable (%s failed: %s); serving local members only, retrying with backoff",
+            self.node_id,
+            self._shown_url,
+            where,
+            (str(exc) or type(exc).__name__) if expected else f"{type(exc).__name__}: {exc}",
+            exc_info=None if expected else exc,
+        )
         self._up = False
         self._down_logged = True
 
@@ -343,12 +407,22 @@ class RedisBus:
         await asyncio.sleep(delay)
         return min(delay * 2, self.max_backoff)
 
+    def _encode(self, batch: list[Envelope]) -> list[bytes]:
+        payloads = []
+        for envelope in batch:
+            try:
+                payloads.append(encode_envelope(envelope))
+            except Exception:  # a bug: drop this envelope rather than retry it for ever
+                self.dropped += 1
+                logger.exception("cannot encode %r; dropped", envelope)
+        return payloads
+
     async def _publisher(self) -> None:
         assert self._client is not None
         assert self._wake is not None
         assert self._drained is not None
         client, wake, buffer = self._client, self._wake, self._buffer
-        delay = 0.05
+        delay = INITIAL_BACKOFF
         subscribed = self._subscribed
         assert subscribed is not None
         while True:
@@ -359,50 +433,58 @@ class RedisBus:
             # heartbeat, sent when it first hears of us) must not be missed.
             await subscribed.wait()
             batch = list(buffer)
+            payloads = self._encode(batch)
             try:
-                async with client.pipeline(transaction=False) as pipe:
-                    for envelope in batch:
-                        pipe.publish(self.channel, encode_envelope(envelope))
-                    await pipe.execute()
-            except _FAILURES as exc:
-                self._down(exc)
+                if payloads:
+                    async with client.pipeline(transaction=False) as pipe:
+                        for payload in payloads:
+                            pipe.publish(self.channel, payload)
+                        await pipe.execute()
+            except Exception as exc:  # anything but cancellation: keep the batch, retry after a pause
+                self.publisher_failures += 1
+                self._down(exc, "publish")
                 delay = await self._backoff(delay)
                 continue
             self._up_again()
-            delay = 0.05
+            delay = INITIAL_BACKOFF
             for _ in batch:
                 buffer.popleft()
-            self.published += len(batch)
+            self.published += len(payloads)
             if not buffer:
                 self._drained.set()
 
     async def _subscriber(self) -> None:
         assert self._client is not None
         assert self._subscribed is not None
-        delay = 0.05
+        delay = INITIAL_BACKOFF
         while True:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._client.pubsub()
             try:
                 await pubsub.subscribe(self.channel)
-                self._up_again()
-                self._subscribed.set()
-                delay = 0.05
                 while True:
                     message = await pubsub.get_message(timeout=None)
-                    if message is not None and message.get("type") == "message":
+                    if message is None:
+                        continue
+                    kind = message.get("type")
+                    if kind == "message":
                         self._received(message["data"])
-            except _FAILURES as exc:
+                    elif kind == "subscribe":  # Redis confirmed: from now on this node hears every envelope
+                        self._up_again()
+                        self._subscribed.set()
+                        delay = INITIAL_BACKOFF
+            except Exception as exc:  # anything but cancellation: the task must live on, so reconnect
                 self._subscribed.clear()
-                self._down(exc)
+                self.subscriber_failures += 1
+                self._down(exc, "subscription")
             finally:
-                with contextlib.suppress(*_FAILURES):
+                with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
             delay = await self._backoff(delay)
 
     def _received(self, data: bytes) -> None:
         try:
             envelope = decode_envelope(data)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep
             self.invalid += 1
             if self.invalid == 1 or self.invalid % 1000 == 0:
                 logger.warning("ignoring invalid envelope on %s (%d so far): %s", self.channel, self.invalid, exc)

@@ -4,7 +4,10 @@
 loop: the hub's wake-up becomes ``loop.call_soon(hub.flush)`` (so all output
 queued during one loop iteration leaves in one write per member), and one
 periodic timer per hub calls :meth:`Hub.tick` for the login and idle
-timeouts (one timer for the whole hub, not one per connection).
+timeouts (one timer for the whole hub, not one per connection), every
+:attr:`Runtime.tick_seconds` seconds.  The timer always re-arms: an exception
+from a tick is logged at ERROR with its traceback and the next tick comes
+as usual (only the first tick, in :func:`attach`, raises to the caller).
 :class:`watch` turns hub events into an async iterator.
 """
 
@@ -22,6 +25,7 @@ __all__ = ["Runtime", "attach", "watch"]
 
 logger = logging.getLogger("asyncchat")
 
+#: Default seconds between two calls of :meth:`Hub.tick` (see :func:`attach`).
 TICK_SECONDS = 1.0
 #: Upper bound, in seconds, of the pause the flush pacing may insert.
 MAX_FLUSH_DELAY = 0.02
@@ -30,16 +34,39 @@ MAX_FLUSH_DELAY = 0.02
 class Runtime:
     """The binding of one hub to one event loop, shared by every server of the hub."""
 
-    def __init__(self, hub: Hub, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, hub: Hub, loop: asyncio.AbstractEventLoop, *, tick_seconds: float = TICK_SECONDS) -> None:
+        _check_tick(tick_seconds)
         self.hub = hub
         self.loop = loop
         self.users = 0
+        #: Ticks that raised (each logged at ERROR; the timer re-armed all the same).
+        self.ticks_failed = 0
+        self._tick_seconds = tick_seconds
         self._timer: asyncio.TimerHandle | None = None
         self._stats_interval = 0.0
         self._stats_timer: asyncio.TimerHandle | None = None
         self._next_flush = 0.0
         hub.set_wakeup(self._wakeup)
-        self._tick()
+        try:
+            # The first tick raises to attach()'s caller (a hub whose bus is not started, say).
+            hub.tick(loop.time())
+        except BaseException:
+            hub.set_wakeup(None)
+            raise
+        self._timer = loop.call_later(tick_seconds, self._tick)
+
+    @property
+    def tick_seconds(self) -> float:
+        """Seconds between two calls of :meth:`Hub.tick`; setting it re-arms the timer (tests use small values)."""
+        return self._tick_seconds
+
+    @tick_seconds.setter
+    def tick_seconds(self, value: float) -> None:
+        _check_tick(value)
+        self._tick_seconds = value
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = self.loop.call_later(value, self._tick)
 
     def _wakeup(self) -> None:
         # Flush pacing: a flush costs one write per member with pending output,
@@ -64,8 +91,13 @@ class Runtime:
         self._next_flush = end + min(end - start, MAX_FLUSH_DELAY)
 
     def _tick(self) -> None:
-        self.hub.tick(self.loop.time())
-        self._timer = self.loop.call_later(TICK_SECONDS, self._tick)
+        # Re-arm first: whatever tick() does, login and idle timeouts keep being enforced.
+        self._timer = self.loop.call_later(self._tick_seconds, self._tick)
+        try:
+            self.hub.tick(self.loop.time())
+        except Exception:
+            self.ticks_failed += 1
+            logger.exception("tick of %r failed; the next one is in %g seconds", self.hub, self._tick_seconds)
 
     def log_statistics(self, interval: float) -> None:
         """Log the hub's statistics at INFO every *interval* seconds (0 stops)."""
@@ -94,13 +126,33 @@ class Runtime:
         _runtimes.pop(self.hub, None)
 
 
+def _check_tick(value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"tick_seconds must be > 0, not {value!r}")
+
+
 _runtimes: dict[Hub, Runtime] = {}
 
 
-def attach(hub: Hub) -> Runtime:
+def attach(hub: Hub, *, tick_seconds: float | None = None) -> Runtime:
     """Bind *hub* to the running loop (or reuse the binding); call ``release()`` when done.
 
-    Raises :class:`RuntimeError` if the hub is bound to another, still running loop.
+    *tick_seconds* (default :data:`TICK_SECONDS`, one second) sets how often
+    :meth:`Hub.tick` runs; given for a hub that is already bound, it changes
+    the existing binding's interval.  Servers call ``attach(hub)`` themselves,
+    so a test that wants fast timeouts attaches first::
+
+        runtime = attach(hub, tick_seconds=0.05)
+        try:
+            async with serve_tcp(hub, port=0) as server:
+                ...
+        finally:
+            runtime.release()
+
+    Raises :class:`RuntimeError` if the hub is bound to another, still
+    running loop, :class:`ValueError` if *tick_seconds* is not positive, and
+    whatever the hub's first :meth:`~Hub.tick` raises (for example
+    :class:`~asyncchat.errors.UsageError` for a bus that is not started).
     """
     loop = asyncio.get_running_loop()
     runtime = _runtimes.get(hub)
@@ -109,7 +161,10 @@ def attach(hub: Hub) -> Runtime:
             raise RuntimeError(f"{hub!r} is already served by another event loop")
         runtime = None
     if runtime is None:
-        runtime = _runtimes[hub] = Runtime(hub, loop)
+        runtime = Runtime(hub, loop, tick_seconds=TICK_SECONDS if tick_seconds is None else tick_seconds)
+        _runtimes[hub] = runtime
+    elif tick_seconds is not None:
+        runtime.tick_seconds = tick_seconds
     runtime.users += 1
     return runtime
 

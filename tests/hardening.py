@@ -6,8 +6,12 @@ import asyncio
 import itertools
 import logging
 import os
+import re
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+
+from asyncchat import Hub
+from asyncchat.events import ChatEvent
 
 from .chatclient import TIMEOUT, LineClient
 
@@ -85,3 +89,68 @@ async def wait_for(condition: Callable[[], bool], *, timeout: float = TIMEOUT, s
     async with asyncio.timeout(timeout):
         while not condition():
             await asyncio.sleep(step)
+
+
+class LogWaiter(logging.Handler):
+    """Keeps the records of a logger so a test can await one (instead of polling)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self._changed: asyncio.Event | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        if self._changed is not None:
+            self._changed.set()
+
+    def matching(self, pattern: str) -> list[logging.LogRecord]:
+        """Records whose message matches *pattern* (a regular expression), at any level."""
+        return [r for r in self.records if re.search(pattern, r.getMessage())]
+
+    async def wait(self, pattern: str, *, count: int = 1, timeout: float = TIMEOUT) -> list[logging.LogRecord]:
+        """Wait (bounded) until *count* records match *pattern*; return them."""
+        self._changed = self._changed or asyncio.Event()
+        async with asyncio.timeout(timeout):
+            while len(found := self.matching(pattern)) < count:
+                self._changed.clear()
+                await self._changed.wait()
+        return found
+
+
+@contextmanager
+def watching_logs(name: str = "asyncchat", level: int = logging.DEBUG) -> Iterator[LogWaiter]:
+    """A :class:`LogWaiter` on logger *name*, which logs at *level* meanwhile."""
+    waiter = LogWaiter()
+    logger = logging.getLogger(name)
+    old_level = logger.level
+    logger.setLevel(level)
+    logger.addHandler(waiter)
+    try:
+        yield waiter
+    finally:
+        logger.removeHandler(waiter)
+        logger.setLevel(old_level)
+
+
+class HubEvents:
+    """Records what a hub's observers see, so a test can await an event (instead of polling)."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.events: list[ChatEvent] = []
+        self._changed = asyncio.Event()
+        self._unsubscribe = hub.subscribe(self._seen)
+
+    def _seen(self, event: ChatEvent) -> None:
+        self.events.append(event)
+        self._changed.set()
+
+    async def wait(self, condition: Callable[[list[ChatEvent]], bool], *, timeout: float = TIMEOUT) -> None:
+        """Wait (bounded) until *condition* holds for the events seen so far."""
+        async with asyncio.timeout(timeout):
+            while not condition(self.events):
+                self._changed.clear()
+                await self._changed.wait()
+
+    def close(self) -> None:
+        self._unsubscribe()

@@ -22,6 +22,7 @@ from asyncchat.bus import (
     decode_envelope,
     encode_envelope,
 )
+from asyncchat.errors import UsageError
 from asyncchat.events import Action, Joined, Left, Message, NickChanged, Notice, Private
 from asyncchat.tcp import serve_tcp
 
@@ -170,6 +171,26 @@ async def test_closing_a_node_says_goodbye(make_bus: Callable[..., Awaitable[Any
     (bye,) = await got.wait(1, kind=EnvelopeKind.BYE)
     assert bye.node == "a"
     assert await claim(b, "alice") is True  # a's names were released
+
+
+async def test_a_closed_bus_refuses_claims_and_drops_what_is_published(
+    make_bus: Callable[..., Awaitable[Any]],
+) -> None:
+    a = await make_bus(node_id="a")
+    assert await claim(a, "alice") is True
+    if isinstance(a, InProcessBus):
+        a.close()
+    else:
+        await a.aclose()
+    with pytest.raises(UsageError, match=r"is closed: stop the servers of its hub before closing the bus"):
+        a.claim("bob", lambda granted: None)
+    dropped = a.dropped
+    a.publish(message("a", 1, "too late"))
+    assert a.dropped == dropped + 1
+    a.release("alice")  # nothing to do: closing released every name
+    a.refresh(["alice"])
+    b = await make_bus(node_id="b")
+    assert await claim(b, "alice") is True
 
 
 def test_envelope_codec_refuses_injection() -> None:

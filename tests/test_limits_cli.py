@@ -17,7 +17,7 @@ from asyncchat.runtime import attach
 from asyncchat.tcp import serve_tcp
 
 from .chatclient import TIMEOUT, LineClient
-from .hardening import fail_on_error_logs, fresh_nick, wait_for
+from .hardening import fail_on_error_logs, fresh_nick, watching_logs
 
 
 @pytest.fixture(autouse=True)
@@ -165,10 +165,11 @@ async def test_statistics_are_logged_periodically(caplog: pytest.LogCaptureFixtu
     async with serve_tcp(hub, host="127.0.0.1", port=0) as server:
         runtime = attach(hub)
         try:
-            runtime.log_statistics(0.05)
-            async with await LineClient.connect(server.address, fresh_nick("stats")) as client:
-                await client.send("counted")
-                await wait_for(lambda: any("lines_in=2" in r.getMessage() for r in caplog.records))
+            with watching_logs() as logs:
+                runtime.log_statistics(0.05)
+                async with await LineClient.connect(server.address, fresh_nick("stats")) as client:
+                    await client.send("counted")
+                    await logs.wait(r"^statistics .*lines_in=2,")
             runtime.log_statistics(0)
         finally:
             runtime.release()

@@ -23,9 +23,11 @@ import pytest
 
 from asyncchat import Hub, Limits
 from asyncchat.cli import build_parser
+from asyncchat.events import Joined, Left
 from asyncchat.tcp import TcpServer, serve_tcp
 
 from .chatclient import TIMEOUT, LineClient
+from .hardening import HubEvents, watching_logs
 from .redis_server import RedisServer, free_port, running_redis
 
 pytest.importorskip("redis")
@@ -186,7 +188,7 @@ async def test_kill_9_of_a_node_removes_its_members(redis_server: RedisServer, n
 
 async def test_redis_restart_mid_conversation(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="asyncchat")
-    with running_redis() as server:
+    with running_redis() as server, watching_logs("asyncchat.redis") as logs:
         namespace = "restart"
         async with (
             node(server.url, namespace, "a", max_backoff=0.2) as a,
@@ -204,26 +206,17 @@ async def test_redis_restart_mid_conversation(caplog: pytest.LogCaptureFixture) 
                 await alice.send(f"during {i}")
             for i in range(20):
                 await carol.expect(f"alice: during {i}")
-            # Both nodes notice (a background reconnect attempt: nothing to read, so poll, bounded).
-            for _ in range(500):
-                if not (a.bus.connected or b.bus.connected):
-                    break
-                await asyncio.sleep(0.02)
+            # Both nodes notice: each subscriber logs its failure (every failure is logged, at
+            # WARNING for the first of an outage, at DEBUG after that).
+            await logs.wait(r"^node a: .*subscription failed")
+            await logs.wait(r"^node b: .*subscription failed")
             assert not a.bus.connected
             assert not b.bus.connected
             server.start()
-            # Cross-node traffic resumes: retry until one line crosses, then order holds.
-            for attempt in range(100):
-                await alice.send(f"probe {attempt}")
-                try:
-                    async with asyncio.timeout(0.3):
-                        while not (await bob.line()).startswith("alice: probe"):
-                            pass
-                    break
-                except TimeoutError:
-                    continue
-            else:
-                pytest.fail("traffic did not resume after redis-server restarted")
+            # Cross-node traffic resumes once Redis confirms both subscriptions; then order holds.
+            async with asyncio.timeout(TIMEOUT):
+                await a.bus.wait_subscribed()
+                await b.bus.wait_subscribed()
             for i in range(30):
                 await alice.send(f"after {i}")
             seen = []
@@ -261,21 +254,26 @@ async def test_a_burst_of_logins_does_not_look_like_an_outage(
     """300 nickname claims at once exceed redis-py's pool (100 connections) unless they queue."""
     caplog.set_level(logging.WARNING, logger="asyncchat")
     async with node(redis_server.url, namespace, "a") as a:
+        events = HubEvents(a.hub)
         clients = await asyncio.gather(*(LineClient.connect(a.tcp.address) for _ in range(300)))
         await asyncio.gather(*(client.send(f"burst{i}") for i, client in enumerate(clients)))
         for i, client in enumerate(clients):
             assert await client.line() == f"*** you are burst{i}; /help lists the commands"
         await asyncio.gather(*(client.close() for client in clients))
-        async with asyncio.timeout(TIMEOUT):
-            while a.hub.statistics().members:
-                await asyncio.sleep(0.05)
+        await events.wait(lambda seen: sum(isinstance(event, Left) for event in seen) == 300)
+        events.close()
+        assert a.hub.statistics().members == 0
         assert a.bus.outages == 0
     assert not [r for r in caplog.records if "unavailable" in r.getMessage()]
 
 
 async def test_lines_sent_before_the_claim_is_answered_are_kept(redis_server: RedisServer, namespace: str) -> None:
     async with node(redis_server.url, namespace, "a") as a, node(redis_server.url, namespace, "b") as b:
+        events = HubEvents(a.hub)
         bob = await LineClient.connect(b.tcp.address, "bob")
+        # Node a knows bob (its /who lists him) once b's join envelope arrived there.
+        await events.wait(lambda seen: Joined("bob", "lobby") in seen)
+        events.close()
         alice = await LineClient.connect(a.tcp.address)
         await alice.send_raw(b"bob\nalice\nfirst\n/who\n")  # one write: taken, then alice, then chat
         assert await alice.line() == "! nickname 'bob' is taken"

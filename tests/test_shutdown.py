@@ -18,7 +18,7 @@ from asyncchat import Hub, Limits
 from asyncchat.tcp import serve_tcp
 
 from .chatclient import TIMEOUT, LineClient
-from .hardening import fail_on_error_logs, fresh_nick, wait_for
+from .hardening import fail_on_error_logs, fresh_nick
 
 CLOSING = "*** closing: server is shutting down"
 SERVING = re.compile(r"serving TCP on (?:\('(?P<host>[^']+)', (?P<port>\d+)|(?P<path>/\S+))")
@@ -215,7 +215,10 @@ async def test_leaving_async_with_flushes_queued_output_first() -> None:
                 await talker.send(f"{i} {filler}")
             member = hub.find(late_nick)
             assert member is not None
-            await wait_for(lambda: hub.statistics().lines_in >= 150 + 2)
+            # Lines are handled in order: the pong means all 150 were (and were queued for the late member).
+            await talker.send("/ping all sent")
+            await talker.expect("*** pong all sent")
+            assert hub.statistics().lines_in >= 150 + 2
             closer = asyncio.create_task(server.aclose())
             # Only now does the late member read: everything, in order, then the closing line.
             for i in range(150):

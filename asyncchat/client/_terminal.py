@@ -9,6 +9,11 @@ the server to close, then exits 0::
 
     printf 'hello\\n/who\\n' | python -m asyncchat.client --name carol
 
+What it sends is paced below the server's default rate limit (``--rate``
+lines per second after a burst of ``--rate-burst``; see
+:mod:`asyncchat.client._pacing`), so a piped file arrives whole; give the
+server's limits if they differ, or ``--rate 0`` not to pace.
+
 Every line from the server is printed with control characters escaped
 (:func:`asyncchat.framing.sanitize`), so a peer cannot drive the terminal.
 Exit status: 0 after leaving, 1 if the connection or the login failed or the
@@ -30,6 +35,7 @@ from .._version import __version__
 from ..errors import ChatError, DependencyMissing
 from ..framing import sanitize
 from ._core import ChatClient, ConnectionClosed, connect_tcp
+from ._pacing import DEFAULT_BURST, DEFAULT_RATE, Pacer
 
 __all__ = ["build_parser", "format_line", "main"]
 
@@ -71,6 +77,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="after stdin ends (piped mode), wait this long at most for the server to close",
     )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=DEFAULT_RATE,
+        metavar="LINES",
+        help="send at most this many lines per second (below the server's --rate; 0: do not pace)",
+    )
+    parser.add_argument(
+        "--rate-burst",
+        type=int,
+        default=DEFAULT_BURST,
+        metavar="LINES",
+        help="lines sent at once before --rate applies (below the server's --rate-burst)",
+    )
     parser.add_argument("--loop", default="auto", choices=["auto", "asyncio", "uvloop"], help="event loop")
     return parser
 
@@ -111,6 +131,16 @@ async def _print_lines(chat: ChatClient, write: Callable[[str], None]) -> None:
         write(format_line(line))
 
 
+async def _send_paced(chat: ChatClient, line: str, pacer: Pacer) -> None:
+    """Send *line* once *pacer* allows it (raises :class:`ConnectionClosed` like ``send_line``)."""
+    loop = asyncio.get_running_loop()
+    wait = pacer.delay(loop.time())
+    if wait > 0:
+        await asyncio.sleep(wait)  # a timer that fires a little early leaves the bucket in debt, not over
+    pacer.take(loop.time())
+    await chat.send_line(line)
+
+
 def _is_quit(line: str) -> bool:
     return line.split(maxsplit=1)[0].lower() == "/quit" if line.strip() else False
 
@@ -146,7 +176,7 @@ class _StdinReader:
         self._slots.release()
 
 
-async def _piped(chat: ChatClient, stdin: TextIO, stdout: TextIO, wait: float) -> int:
+async def _piped(chat: ChatClient, stdin: TextIO, stdout: TextIO, wait: float, pacer: Pacer) -> int:
     def write(text: str) -> None:
         stdout.write(text + "\n")
         stdout.flush()
@@ -163,7 +193,7 @@ async def _piped(chat: ChatClient, stdin: TextIO, stdout: TextIO, wait: float) -
             if not line.strip():
                 continue
             try:
-                await chat.send_line(line)
+                await _send_paced(chat, line, pacer)
             except ConnectionClosed:
                 break
             if _is_quit(line):
@@ -172,7 +202,7 @@ async def _piped(chat: ChatClient, stdin: TextIO, stdout: TextIO, wait: float) -
         else:
             if not printer.done():
                 with contextlib.suppress(ConnectionClosed):
-                    await chat.quit()
+                    await _send_paced(chat, "/quit", pacer)
                 left = True
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait):
@@ -185,8 +215,9 @@ async def _piped(chat: ChatClient, stdin: TextIO, stdout: TextIO, wait: float) -
     return 0 if left else 1
 
 
-async def _interactive(chat: ChatClient, *, input: Any = None, output: Any = None) -> int:
+async def _interactive(chat: ChatClient, pacer: Pacer | None = None, *, input: Any = None, output: Any = None) -> int:
     """Run the prompt_toolkit client; *input*/*output* are for tests (pipe input, dummy output)."""
+    pacer = Pacer(now=asyncio.get_running_loop().time()) if pacer is None else pacer
     from prompt_toolkit import PromptSession
     from prompt_toolkit.patch_stdout import patch_stdout
 
@@ -213,7 +244,7 @@ async def _interactive(chat: ChatClient, *, input: Any = None, output: Any = Non
                 if not text.strip():
                     continue
                 try:
-                    await chat.send_line(text)
+                    await _send_paced(chat, text, pacer)  # a paste of many lines is paced too
                 except ConnectionClosed:
                     break
                 if _is_quit(text):
@@ -239,9 +270,10 @@ async def _run(args: argparse.Namespace, stdin: TextIO, stdout: TextIO, interact
     except ChatError as exc:
         sys.stderr.write(f"login failed: {exc}\n")
         return 1
+    pacer = Pacer(args.rate, args.rate_burst, now=asyncio.get_running_loop().time())
     if interactive:
-        return await _interactive(chat)
-    return await _piped(chat, stdin, stdout, args.wait)
+        return await _interactive(chat, pacer)
+    return await _piped(chat, stdin, stdout, args.wait, pacer)
 
 
 def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
@@ -252,6 +284,8 @@ def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None, stdo
     args = parser.parse_args(argv)
     if args.udp and (args.tls or args.ca_file or args.insecure):
         parser.error("TLS options need --tcp")
+    if args.rate < 0 or args.rate_burst < 1:
+        parser.error(f"need --rate >= 0 and --rate-burst >= 1, not {args.rate:g} and {args.rate_burst}")
     stdin = sys.stdin if stdin is None else stdin
     stdout = sys.stdout if stdout is None else stdout
     interactive = stdin.isatty() and stdout.isatty()

@@ -43,7 +43,7 @@ import enum
 import itertools
 import json
 import logging
-import os
+import secrets
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
@@ -123,7 +123,7 @@ class Envelope:
 
 def new_node_id() -> str:
     """A node id that is unique with overwhelming probability (process id and 32 random bits)."""
-    return f"{os.getpid()}-{os.urandom(4).hex()}"
+    return secrets.token_hex(6)
 
 
 class Bus(Protocol):

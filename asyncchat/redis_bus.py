@@ -50,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections import deque
 from collections.abc import Collection
 from types import TracebackType
@@ -160,7 +161,7 @@ class RedisBus:
                 raise ValueError(f"{name} must be > 0, not {value!r}")
         self.url = url
         self._shown_url = _without_password(url)
-        self.node_id = node_id or new_node_id()
+        self.node_id = node_id or f"{os.getpid()}-{new_node_id()}"  # the process id helps operators
         self.namespace = namespace
         self.channel = f"{namespace}:bus"
         self.heartbeat_interval = heartbeat_interval

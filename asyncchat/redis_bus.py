@@ -325,6 +325,15 @@ class RedisBus:
             ttl = str(int(self.node_timeout * 1000))
             self._spawn(self._eval(_REFRESH, [self._key(k) for k in keys], self.node_id, ttl))
 
+    async def settle(self) -> None:
+        """Wait until every nickname script sent so far (claim, release, refresh) is answered.
+
+        Claims of several nodes race in Redis; a program (or a test) that must
+        know a release is done before another node claims the name awaits this.
+        """
+        if self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
     # ------------------------------------------------------------- internals
 
     def _check_started(self) -> None:

@@ -101,6 +101,13 @@ async def claim(bus: Any, key: str) -> bool:
         return await answer
 
 
+async def settled(bus: Any) -> None:
+    """Wait until *bus* has sent its nickname scripts (the in-process bus acts at once)."""
+    settle = getattr(bus, "settle", None)
+    if settle is not None:
+        await settle()
+
+
 def message(node: str, seq: int, text: str) -> Envelope:
     return Envelope(node, seq, EnvelopeKind.EVENT, "lobby", Message("alice", text, "lobby"))
 
@@ -148,6 +155,7 @@ async def test_first_claim_wins_and_release_frees_the_name(make_bus: Callable[..
     b.release("alice")  # not b's: nothing happens
     assert await claim(b, "alice") is False
     a.release("alice")
+    await settled(a)  # a release is sent, not awaited: let it reach Redis before b claims
     assert await claim(b, "alice") is True
     assert await claim(a, "alice") is False
 

@@ -458,8 +458,8 @@ class Hub:
             else:
                 self._per_ip.pop(ip, None)
 
-    def _evict(self, member: Member) -> None:
-        self.disconnect(member, "slow", abort=True)
+    def _evict(self, member: Member, reason: str) -> None:
+        self.disconnect(member, reason, abort=True)
 
     # ----------------------------------------------------------------- speech
 

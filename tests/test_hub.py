@@ -6,6 +6,8 @@ transport is just write/close, and these tests check what the hub hands over.
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from asyncchat import Hub, Limits, SlowConsumerPolicy, UsageError
@@ -424,3 +426,30 @@ def test_large_rooms_do_not_announce_every_join_and_leave() -> None:
     assert alice.read() == ["* bob left lobby (connection closed)"]
     assert Joined("carol", "lobby") in seen
     assert Left("carol", "lobby", "") in seen
+
+
+def test_a_failing_bot_does_not_stop_anyone_elses_output(hub: Hub, caplog: pytest.LogCaptureFixture) -> None:
+    alice, bob = Peer(hub, "alice"), Peer(hub, "bob")
+
+    def explode(event: object) -> None:
+        if isinstance(event, Message):
+            raise RuntimeError("bot bug")
+
+    hub.add_bot("crashy", explode)
+    carol = Peer(hub, "carol")  # after the bot in every list: it must still be served
+    alice.read(), bob.read(), carol.read()
+    with caplog.at_level(logging.ERROR, logger="asyncchat.hub"):
+        alice.send("hello all")
+        hub.flush()
+    # Everyone else is served in that same flush, the bot's leave line included.
+    assert bob.sink.lines() == ["alice: hello all", "* crashy left lobby (error)"]
+    assert carol.sink.lines() == ["alice: hello all", "* crashy left lobby (error)"]
+    assert hub.find("crashy") is None
+    assert hub.statistics().disconnects == {"error": 1}
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "asyncchat.hub"]
+    assert len(errors) == 1
+    assert errors[0].exc_info is not None
+    assert "crashy" in errors[0].getMessage()
+    alice.send("still here")
+    assert bob.read() == ["alice: still here"]
+    assert carol.read() == ["alice: still here"]

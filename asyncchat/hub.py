@@ -217,15 +217,22 @@ class Hub:
 
         The bot appears in ``/who`` like anyone else and speaks with
         :meth:`say`.  Remove it with :meth:`disconnect`.  Raises
-        :class:`~asyncchat.errors.UsageError` if the nickname is invalid or taken.
+        :class:`~asyncchat.errors.UsageError` if the nickname is invalid or
+        taken, or if it cannot join *room* (an invalid name, too many
+        rooms); nothing is left behind then.
         """
         member = self.connect(BotSink(on_event), kind="bot", peer="bot", now=0.0)
         try:
             self._claim(member, nick)
+            self.join(member, room)
         except ProtocolError as exc:
-            self._forget(member)
+            # join() raises before changing anything: drop the name and the member.
+            # (A bot's name is not claimed across nodes, so there is nothing to release there.)
+            if member.key and self._nicks.get(member.key) is member:
+                del self._nicks[member.key]
+            self._members.pop(member, None)
+            member.closed = True
             raise UsageError(str(exc)) from None
-        self.join(member, room)
         return member
 
     def rename(self, member: Member, new: str) -> None:

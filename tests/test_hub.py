@@ -453,3 +453,22 @@ def test_a_failing_bot_does_not_stop_anyone_elses_output(hub: Hub, caplog: pytes
     alice.send("still here")
     assert bob.read() == ["alice: still here"]
     assert carol.read() == ["alice: still here"]
+
+
+@pytest.mark.parametrize("room", ["no good", "extra"])
+def test_add_bot_that_cannot_join_raises_usage_error_and_leaves_nothing(room: str) -> None:
+    hub = Hub(limits=Limits(max_rooms=1))  # only lobby: "extra" is one room too many
+    alice = Peer(hub, "alice")
+    before = hub.statistics()
+    with pytest.raises(UsageError):
+        hub.add_bot("helper", room=room)
+    assert hub.find("helper") is None
+    assert [m.nick for m in hub.members()] == ["alice"]
+    assert hub.statistics() == before
+    assert hub._per_ip == {"10.0.0.1": 1}
+    assert hub.who("lobby") == ["alice"]
+    assert [r.name for r in hub.rooms()] == ["lobby"]
+    bot = hub.add_bot("helper")  # the name is free again
+    assert hub.who("lobby") == ["alice", "helper"]
+    assert alice.read() == ["* helper joined lobby"]
+    hub.disconnect(bot)

@@ -51,7 +51,7 @@ from .events import (
     Welcome,
 )
 from .limits import Limits
-from .members import BotSink, HubStatistics, Member, Observer, Room, Sink
+from .members import BotSink, HubStatistics, Member, Observer, Room, Sink, encode_for_bot
 from .netaddr import source_key
 from .protocol import DEFAULT_ROOM, check_nick, check_room, fold
 
@@ -215,6 +215,12 @@ class Hub:
     def add_bot(self, nick: str, on_event: Observer | None = None, *, room: str = DEFAULT_ROOM) -> Member:
         """Log in an in-process member called *nick*; *on_event* gets what it receives.
 
+        *on_event* is called with the typed events themselves (a
+        :class:`~asyncchat.events.Message` with its room, a
+        :class:`~asyncchat.events.Quit`, a
+        :class:`~asyncchat.events.Private`, ...): exactly what a connected
+        member is shown, in the same order, without the bot's own chat lines.
+
         The bot appears in ``/who`` like anyone else and speaks with
         :meth:`say`.  Remove it with :meth:`disconnect`.  Raises
         :class:`~asyncchat.errors.UsageError` if the nickname is invalid or
@@ -222,6 +228,7 @@ class Hub:
         rooms); nothing is left behind then.
         """
         member = self.connect(BotSink(on_event), kind="bot", peer="bot", now=0.0)
+        member.encoder = encode_for_bot  # typed events, room included (see BotSink)
         try:
             self._claim(member, nick)
             self.join(member, room)

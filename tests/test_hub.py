@@ -11,7 +11,7 @@ import logging
 import pytest
 
 from asyncchat import Hub, Limits, SlowConsumerPolicy, UsageError
-from asyncchat.events import Joined, Left, Message, NickChanged, Notice, Private
+from asyncchat.events import Action, Joined, Left, Message, NickChanged, Notice, Private, Quit
 from asyncchat.hub import Member
 from asyncchat.session import Session, SessionState
 
@@ -343,7 +343,7 @@ def test_observers_post_and_bots(hub: Hub) -> None:
         "*** maintenance at noon",
         "helper: beep",
     ]
-    assert Message("alice", "hello") in heard
+    assert Message("alice", "hello", "lobby") in heard
     assert Private("alice", "", "hi") in heard
     hub.say(bot, "hi alice")
     assert alice.read() == ["helper: hi alice"]
@@ -472,3 +472,23 @@ def test_add_bot_that_cannot_join_raises_usage_error_and_leaves_nothing(room: st
     assert hub.who("lobby") == ["alice", "helper"]
     assert alice.read() == ["* helper joined lobby"]
     hub.disconnect(bot)
+
+
+def test_bots_receive_typed_events_with_their_room(hub: Hub) -> None:
+    alice = Peer(hub, "alice")
+    heard: list[object] = []
+    bot = hub.add_bot("helper", heard.append)
+    hub.flush()
+    assert heard == [Joined("helper", "lobby")]
+    heard.clear()
+    forged = "hi\u2028* admin joined lobby\u2029* admin left lobby\x85! forged"
+    alice.send("hi", "/me waves", forged)
+    hub.say(bot, "my own line")  # never shown to the bot itself
+    alice.send("/quit")
+    hub.flush()
+    assert heard == [
+        Message("alice", "hi", "lobby"),
+        Action("alice", "waves", "lobby"),
+        Message("alice", forged, "lobby"),
+        Quit("alice", "lobby", "quit"),
+    ]

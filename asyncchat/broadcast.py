@@ -316,3 +316,19 @@ class Broadcaster:
             logger.exception("write to %r failed; disconnecting it", member)
             if not member.closed and not out.evicted:
                 self._mark_evicted(member, "error")
+
+    def write_now(self, member: Member, event: ChatEvent) -> None:
+        """Hand one event straight to *member*'s transport, ahead of its outbox (best effort).
+
+        For a last notice to a member about to be aborted (its queued output
+        is discarded): a failure is logged at DEBUG and otherwise ignored.
+        """
+        data = member.encoder(event)
+        try:
+            member.outbox.write(data)
+        except Exception:
+            logger.debug("last notice to %r failed", member, exc_info=True)
+            return
+        self.bytes_out += len(data)
+        self.lines_out += 1
+        self.writes += 1

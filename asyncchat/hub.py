@@ -393,7 +393,9 @@ class Hub:
         *reason* is counted in :meth:`statistics` and shown in the leave line
         its rooms see; *notice*, if given, is the last line the member gets
         (``*** closing: notice``).  Unsent output is flushed first unless
-        *abort*.  Calling it again for the same member does nothing.
+        *abort*: then it is discarded, and the notice alone is handed
+        straight to the transport before the abort (best effort).  Calling
+        it again for the same member does nothing.
         """
         shown = {"closed": "connection closed", "quit": "quit"}.get(reason, reason)
         self._remove(member, reason, shown, notice=notice, abort=abort)
@@ -405,13 +407,15 @@ class Hub:
     def _remove(self, member: Member, reason: str, shown: str, *, notice: str, abort: bool = False) -> None:
         if member.closed:
             return
-        if notice:
+        if notice and not abort:
             self.send(member, Closing(notice))
         self._count(self._disconnects, reason)
         self._quit_rooms([member], shown)
         self._forget(member)
         if abort:
             self._out.discard(member)
+            if notice:  # best effort: straight to the transport, then the abort
+                self._out.write_now(member, Closing(notice))
         else:
             self._out.flush_member(member)
         member.sink.close(abort=abort)
@@ -473,7 +477,9 @@ class Hub:
                 self._per_ip.pop(ip, None)
 
     def _evict(self, member: Member, reason: str) -> None:
-        self.disconnect(member, reason, abort=True)
+        # A slow consumer is told why (best effort: its transport is full); a failing sink is not.
+        notice = f"too slow: more than {self.limits.outbox_high_water} bytes unsent" if reason == "slow" else ""
+        self.disconnect(member, reason, notice=notice, abort=True)
 
     # ----------------------------------------------------------------- speech
 

@@ -232,6 +232,8 @@ def test_paused_member_is_disconnected_past_high_water() -> None:
         assert slow.member.pending_bytes <= 1000
     assert slow.sink.closed
     assert slow.sink.aborted
+    # Its last write, just before the abort, says why (its queued output is discarded).
+    assert slow.sink.writes[-1] == b"*** closing: too slow: more than 1000 bytes unsent\n"
     assert hub.statistics().disconnects == {"slow": 1}
     lines = bob.read()
     assert lines[-1] == "alice: message 0199"

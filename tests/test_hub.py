@@ -494,3 +494,24 @@ def test_bots_receive_typed_events_with_their_room(hub: Hub) -> None:
         Message("alice", forged, "lobby"),
         Quit("alice", "lobby", "quit"),
     ]
+
+
+def test_close_all_tells_observers_each_leave_per_room(hub: Hub) -> None:
+    seen: list[object] = []
+    hub.subscribe(seen.append)
+    alice, bob = Peer(hub, "alice"), Peer(hub, "bob")
+    hub.join(alice.member, "side")
+    hub.flush()
+    seen.clear()
+    hub.close_all("server is shutting down")
+    assert sorted(map(repr, seen)) == sorted(
+        map(
+            repr,
+            [
+                Left("alice", "lobby", "server shutting down"),
+                Left("alice", "side", "server shutting down"),
+                Left("bob", "lobby", "server shutting down"),
+            ],
+        )
+    )
+    assert bob.sink.closed

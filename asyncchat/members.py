@@ -10,7 +10,6 @@ are plain records: :mod:`asyncchat.hub` changes members and rooms, and
 
 from __future__ import annotations
 
-import pickle
 import struct
 from collections import deque
 from collections.abc import Callable
@@ -215,6 +214,8 @@ def encode_for_bot(event: ChatEvent) -> bytes:
     ever loads bytes this function produced: a bot's sink is written by its
     outbox alone, and everything in an outbox comes from the member's encoder.
     """
+    import pickle  # only when a bot exists (pickle's own import of Jython's org.python.core fails)
+
     data = pickle.dumps(event, protocol=pickle.HIGHEST_PROTOCOL)
     return _FRAME.pack(len(data)) + data
 
@@ -228,6 +229,8 @@ class BotSink:
         self._on_event = on_event
 
     def write(self, data: bytes) -> None:
+        import pickle  # see encode_for_bot
+
         view = memoryview(data)
         offset, end = 0, len(view)
         while offset < end and self._on_event is not None:

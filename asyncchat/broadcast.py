@@ -49,17 +49,19 @@ logger = logging.getLogger("asyncchat.hub")
 class Broadcaster:
     """Room batches, member outboxes and flushing, for one hub.
 
-    *evict* is called (from :meth:`flush`, never from inside a broadcast)
-    with each member that passed its high-water mark under the DISCONNECT
-    policy; the hub removes it.
+    *evict* is called (from :meth:`flush`, never from inside a broadcast or
+    in the middle of a flush's writes) with each member to remove and the
+    reason: ``"slow"`` for one that passed its high-water mark under the
+    DISCONNECT policy, ``"error"`` for one whose write raised (a bot's
+    callback, say); the hub removes it and aborts its sink.
     """
 
-    def __init__(self, limits: Limits, evict: Callable[[Member], None]) -> None:
+    def __init__(self, limits: Limits, evict: Callable[[Member, str], None]) -> None:
         self.limits = limits
         self._evict = evict
         self._dirty_rooms: list[Room] = []
         self._dirty: list[Member] = []
-        self._evictions: list[Member] = []
+        self._evictions: list[tuple[Member, str]] = []
         self._scheduled = False
         self._wakeup: Callable[[], None] | None = None
         self.lines_out = 0
@@ -215,9 +217,7 @@ class Broadcaster:
                 limits.outbox_high_water,
             )
             # Never mutate rooms from inside a broadcast: evict at the next flush.
-            out.evicted = True
-            self._evictions.append(member)
-            self._wake()
+            self._mark_evicted(member, "slow")
             return
         if not out.dropped:
             logger.warning(
@@ -228,6 +228,11 @@ class Broadcaster:
             )
         out.dropped += lines
         self.lines_dropped += lines
+
+    def _mark_evicted(self, member: Member, reason: str) -> None:
+        member.outbox.evicted = True
+        self._evictions.append((member, reason))
+        self._wake()
 
     def _report_drops(self, member: Member) -> None:
         out = member.outbox
@@ -274,18 +279,23 @@ class Broadcaster:
     def flush(self) -> None:
         """Hand every member's queued output to its sink, one write per member."""
         self._scheduled = False
-        # Evicting a slow member announces its leave, which dirties its rooms again.
-        while self._dirty_rooms or self._evictions:
-            rooms, self._dirty_rooms = self._dirty_rooms, []
-            for room in rooms:
-                self.materialize(room)
-            evicted, self._evictions = self._evictions, []
-            for member in evicted:
-                self._evict(member)
-        dirty, self._dirty = self._dirty, []
-        for member in dirty:
-            member.outbox.dirty = False
-            self.flush_member(member)
+        while True:
+            # Evicting a member announces its leave, which dirties its rooms again.
+            while self._dirty_rooms or self._evictions:
+                rooms, self._dirty_rooms = self._dirty_rooms, []
+                for room in rooms:
+                    self.materialize(room)
+                evicted, self._evictions = self._evictions, []
+                for member, reason in evicted:
+                    self._evict(member, reason)
+            dirty, self._dirty = self._dirty, []
+            for member in dirty:
+                member.outbox.dirty = False
+                self.flush_member(member)
+            # A write that raised marked its member for eviction: remove it now
+            # (everyone else was served above) and deliver its leave line.
+            if not self._evictions:
+                break
 
     def flush_member(self, member: Member) -> None:
         """Write *member*'s outbox now (unless its transport is paused)."""
@@ -298,4 +308,27 @@ class Broadcaster:
         out.nbytes = 0
         self.bytes_out += len(data)
         self.writes += 1
-        out.write(data)
+        try:
+            out.write(data)
+        except Exception:
+            # One failing sink (a bot whose callback raises, say) must not stop
+            # everyone else's output: log it, and remove that member after the writes.
+            logger.exception("write to %r failed; disconnecting it", member)
+            if not member.closed and not out.evicted:
+                self._mark_evicted(member, "error")
+
+    def write_now(self, member: Member, event: ChatEvent) -> None:
+        """Hand one event straight to *member*'s transport, ahead of its outbox (best effort).
+
+        For a last notice to a member about to be aborted (its queued output
+        is discarded): a failure is logged at DEBUG and otherwise ignored.
+        """
+        data = member.encoder(event)
+        try:
+            member.outbox.write(data)
+        except Exception:
+            logger.debug("last notice to %r failed", member, exc_info=True)
+            return
+        self.bytes_out += len(data)
+        self.lines_out += 1
+        self.writes += 1

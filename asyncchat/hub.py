@@ -51,7 +51,7 @@ from .events import (
     Welcome,
 )
 from .limits import Limits
-from .members import BotSink, HubStatistics, Member, Observer, Room, Sink
+from .members import BotSink, HubStatistics, Member, Observer, Room, Sink, encode_for_bot
 from .netaddr import source_key
 from .protocol import DEFAULT_ROOM, check_nick, check_room, fold
 
@@ -215,17 +215,31 @@ class Hub:
     def add_bot(self, nick: str, on_event: Observer | None = None, *, room: str = DEFAULT_ROOM) -> Member:
         """Log in an in-process member called *nick*; *on_event* gets what it receives.
 
+        *on_event* is called with the typed events themselves (a
+        :class:`~asyncchat.events.Message` with its room, a
+        :class:`~asyncchat.events.Quit`, a
+        :class:`~asyncchat.events.Private`, ...): exactly what a connected
+        member is shown, in the same order, without the bot's own chat lines.
+
         The bot appears in ``/who`` like anyone else and speaks with
         :meth:`say`.  Remove it with :meth:`disconnect`.  Raises
-        :class:`~asyncchat.errors.UsageError` if the nickname is invalid or taken.
+        :class:`~asyncchat.errors.UsageError` if the nickname is invalid or
+        taken, or if it cannot join *room* (an invalid name, too many
+        rooms); nothing is left behind then.
         """
         member = self.connect(BotSink(on_event), kind="bot", peer="bot", now=0.0)
+        member.encoder = encode_for_bot  # typed events, room included (see BotSink)
         try:
             self._claim(member, nick)
+            self.join(member, room)
         except ProtocolError as exc:
-            self._forget(member)
+            # join() raises before changing anything: drop the name and the member.
+            # (A bot's name is not claimed across nodes, so there is nothing to release there.)
+            if member.key and self._nicks.get(member.key) is member:
+                del self._nicks[member.key]
+            self._members.pop(member, None)
+            member.closed = True
             raise UsageError(str(exc)) from None
-        self.join(member, room)
         return member
 
     def rename(self, member: Member, new: str) -> None:
@@ -379,7 +393,9 @@ class Hub:
         *reason* is counted in :meth:`statistics` and shown in the leave line
         its rooms see; *notice*, if given, is the last line the member gets
         (``*** closing: notice``).  Unsent output is flushed first unless
-        *abort*.  Calling it again for the same member does nothing.
+        *abort*: then it is discarded, and the notice alone is handed
+        straight to the transport before the abort (best effort).  Calling
+        it again for the same member does nothing.
         """
         shown = {"closed": "connection closed", "quit": "quit"}.get(reason, reason)
         self._remove(member, reason, shown, notice=notice, abort=abort)
@@ -391,13 +407,15 @@ class Hub:
     def _remove(self, member: Member, reason: str, shown: str, *, notice: str, abort: bool = False) -> None:
         if member.closed:
             return
-        if notice:
+        if notice and not abort:
             self.send(member, Closing(notice))
         self._count(self._disconnects, reason)
         self._quit_rooms([member], shown)
         self._forget(member)
         if abort:
             self._out.discard(member)
+            if notice:  # best effort: straight to the transport, then the abort
+                self._out.write_now(member, Closing(notice))
         else:
             self._out.flush_member(member)
         member.sink.close(abort=abort)
@@ -458,8 +476,10 @@ class Hub:
             else:
                 self._per_ip.pop(ip, None)
 
-    def _evict(self, member: Member) -> None:
-        self.disconnect(member, "slow", abort=True)
+    def _evict(self, member: Member, reason: str) -> None:
+        # A slow consumer is told why (best effort: its transport is full); a failing sink is not.
+        notice = f"too slow: more than {self.limits.outbox_high_water} bytes unsent" if reason == "slow" else ""
+        self.disconnect(member, reason, notice=notice, abort=True)
 
     # ----------------------------------------------------------------- speech
 

@@ -10,15 +10,27 @@ are plain records: :mod:`asyncchat.hub` changes members and rooms, and
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from .events import ChatEvent, RoomInfo
-from .protocol import encode, fold, parse
+from .protocol import encode, fold
 
-__all__ = ["BotSink", "Encoder", "HubStatistics", "Member", "Observer", "Outbox", "Room", "RoomInfo", "Sink"]
+__all__ = [
+    "BotSink",
+    "Encoder",
+    "HubStatistics",
+    "Member",
+    "Observer",
+    "Outbox",
+    "Room",
+    "RoomInfo",
+    "Sink",
+    "encode_for_bot",
+]
 
 Encoder = Callable[[ChatEvent], bytes]
 Observer = Callable[[ChatEvent], None]
@@ -189,8 +201,27 @@ class HubStatistics:
     refused: dict[str, int] = field(default_factory=dict)
 
 
+_FRAME = struct.Struct(">I")
+
+
+def encode_for_bot(event: ChatEvent) -> bytes:
+    """A bot member's encoder: the event itself, length-prefixed, for :class:`BotSink` to load.
+
+    Bots take the one broadcast path like every member (room batches, their
+    own chat lines hidden, one write per flush), but what they receive is
+    the typed events, room included, not a wire format parsed back: no
+    text a peer sends can be mistaken for another event.  ``pickle`` only
+    ever loads bytes this function produced: a bot's sink is written by its
+    outbox alone, and everything in an outbox comes from the member's encoder.
+    """
+    import pickle  # only when a bot exists (pickle's own import of Jython's org.python.core fails)
+
+    data = pickle.dumps(event, protocol=pickle.HIGHEST_PROTOCOL)
+    return _FRAME.pack(len(data)) + data
+
+
 class BotSink:
-    """A sink that parses lines back into events for an in-process callback."""
+    """The sink of an in-process bot: hands each event (see :func:`encode_for_bot`) to a callback."""
 
     __slots__ = ("_on_event",)
 
@@ -198,10 +229,16 @@ class BotSink:
         self._on_event = on_event
 
     def write(self, data: bytes) -> None:
-        if self._on_event is None:
-            return
-        for line in data.decode().splitlines():
-            self._on_event(parse(line))
+        import pickle  # see encode_for_bot
+
+        view = memoryview(data)
+        offset, end = 0, len(view)
+        while offset < end and self._on_event is not None:
+            (size,) = _FRAME.unpack_from(view, offset)
+            offset += _FRAME.size
+            event: ChatEvent = pickle.loads(view[offset : offset + size])  # only our own bytes (see encode_for_bot)
+            offset += size
+            self._on_event(event)
 
     def close(self, *, abort: bool = False) -> None:
         self._on_event = None

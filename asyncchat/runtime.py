@@ -124,6 +124,9 @@ class Runtime:
         self.hub.flush()
         self.hub.set_wakeup(None)
         _runtimes.pop(self.hub, None)
+        # The hub's last server closed: every watch of it ends once it has handed over what it holds.
+        for watcher in list(_watches.pop(self.hub, ())):
+            watcher._end()
 
 
 def _check_tick(value: float) -> None:
@@ -132,6 +135,8 @@ def _check_tick(value: float) -> None:
 
 
 _runtimes: dict[Hub, Runtime] = {}
+#: The open watches of each hub, ended when the hub's runtime is released.
+_watches: dict[Hub, list[watch]] = {}
 
 
 def attach(hub: Hub, *, tick_seconds: float | None = None) -> Runtime:
@@ -181,14 +186,19 @@ class watch:
     Events are buffered up to *maxsize*; past that the oldest are dropped and
     counted in :attr:`dropped` (an observer that stops reading never costs the
     chat memory or speed).
+
+    The iteration ends (``StopAsyncIteration``) when the hub's servers have
+    all closed — when the hub's :class:`Runtime` is released — after the
+    events buffered so far, the leaves of the shutdown included.
     """
 
     def __init__(self, hub: Hub, *, maxsize: int = 1024) -> None:
         self.hub = hub
         self.maxsize = maxsize
         self.dropped = 0
-        self._queue: asyncio.Queue[ChatEvent] = asyncio.Queue()
+        self._queue: asyncio.Queue[ChatEvent | None] = asyncio.Queue()
         self._unsubscribe: Callable[[], None] | None = None
+        self._ended = False
 
     def _put(self, event: ChatEvent) -> None:
         if self._queue.qsize() >= self.maxsize:
@@ -196,21 +206,42 @@ class watch:
             self.dropped += 1
         self._queue.put_nowait(event)
 
+    def _end(self) -> None:
+        """Stop observing; the iterator ends after the events already buffered."""
+        if self._ended:
+            return
+        self._ended = True
+        self._stop()
+        self._queue.put_nowait(None)  # past maxsize on purpose: the end is never dropped
+
+    def _stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        watchers = _watches.get(self.hub)
+        if watchers is not None and self in watchers:
+            watchers.remove(self)
+            if not watchers:
+                del _watches[self.hub]
+
     async def __aenter__(self) -> watch:
         self._unsubscribe = self.hub.subscribe(self._put)
+        _watches.setdefault(self.hub, []).append(self)
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
+        self._stop()
 
     def __aiter__(self) -> watch:
         return self
 
     async def __anext__(self) -> ChatEvent:
-        if self._unsubscribe is None:
+        if self._unsubscribe is None and not self._ended:
             raise RuntimeError("use 'async with watch(hub) as events' before iterating")
-        return await self._queue.get()
+        event = await self._queue.get()
+        if event is None:
+            self._queue.put_nowait(None)  # ended: every later call ends too
+            raise StopAsyncIteration
+        return event

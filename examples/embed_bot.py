@@ -16,17 +16,20 @@ import datetime
 
 import asyncchat
 from asyncchat import ChatEvent, Joined, Left, Message
+from asyncchat.events import Quit
 
 
 def add_clock(hub: asyncchat.Hub) -> asyncchat.Member:
-    """Log in the bot; *on_event* gets every line the bot receives, as an event."""
+    """Log in the bot; *on_event* gets every event the bot receives (typed, with its room)."""
 
     def on_event(event: ChatEvent) -> None:
         match event:
             case Message(nick, text) if text.strip() == "!time":
                 hub.say(bot, f"{nick}: it is {datetime.datetime.now():%H:%M:%S}")
-            case Joined(nick, room) | Left(nick, room) if nick != bot.nick:
-                print(f"[clock] {nick} {type(event).__name__.lower()} {room}", flush=True)
+            case Joined(nick, room) if nick != bot.nick:
+                print(f"[clock] {nick} joined {room}", flush=True)
+            case Left(nick, room) | Quit(nick, room) if nick != bot.nick:  # Quit: left the chat
+                print(f"[clock] {nick} left {room}", flush=True)
 
     bot = hub.add_bot("clock", on_event)
     return bot

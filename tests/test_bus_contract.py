@@ -261,7 +261,7 @@ async def test_hubs_share_rooms_across_nodes(make_bus: Callable[..., Awaitable[A
         assert await alice.line() == "! no member named 'bob'"
         # History replay on node a includes what was said on node b (lobby always exists on a).
         heard = asyncio.Event()
-        hub_a.add_bot("watcher", lambda event: heard.set() if event == Message("carol", "said on b") else None)
+        hub_a.add_bot("watcher", lambda event: heard.set() if event == Message("carol", "said on b", "lobby") else None)
         await carol.send("said on b")
         async with asyncio.timeout(TIMEOUT):
             await heard.wait()

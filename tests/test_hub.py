@@ -6,10 +6,12 @@ transport is just write/close, and these tests check what the hub hands over.
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from asyncchat import Hub, Limits, SlowConsumerPolicy, UsageError
-from asyncchat.events import Joined, Left, Message, NickChanged, Notice, Private
+from asyncchat.events import Action, Joined, Left, Message, NickChanged, Notice, Private, Quit
 from asyncchat.hub import Member
 from asyncchat.session import Session, SessionState
 
@@ -230,6 +232,8 @@ def test_paused_member_is_disconnected_past_high_water() -> None:
         assert slow.member.pending_bytes <= 1000
     assert slow.sink.closed
     assert slow.sink.aborted
+    # Its last write, just before the abort, says why (its queued output is discarded).
+    assert slow.sink.writes[-1] == b"*** closing: too slow: more than 1000 bytes unsent\n"
     assert hub.statistics().disconnects == {"slow": 1}
     lines = bob.read()
     assert lines[-1] == "alice: message 0199"
@@ -341,7 +345,7 @@ def test_observers_post_and_bots(hub: Hub) -> None:
         "*** maintenance at noon",
         "helper: beep",
     ]
-    assert Message("alice", "hello") in heard
+    assert Message("alice", "hello", "lobby") in heard
     assert Private("alice", "", "hi") in heard
     hub.say(bot, "hi alice")
     assert alice.read() == ["helper: hi alice"]
@@ -424,3 +428,90 @@ def test_large_rooms_do_not_announce_every_join_and_leave() -> None:
     assert alice.read() == ["* bob left lobby (connection closed)"]
     assert Joined("carol", "lobby") in seen
     assert Left("carol", "lobby", "") in seen
+
+
+def test_a_failing_bot_does_not_stop_anyone_elses_output(hub: Hub, caplog: pytest.LogCaptureFixture) -> None:
+    alice, bob = Peer(hub, "alice"), Peer(hub, "bob")
+
+    def explode(event: object) -> None:
+        if isinstance(event, Message):
+            raise RuntimeError("bot bug")
+
+    hub.add_bot("crashy", explode)
+    carol = Peer(hub, "carol")  # after the bot in every list: it must still be served
+    alice.read(), bob.read(), carol.read()
+    with caplog.at_level(logging.ERROR, logger="asyncchat.hub"):
+        alice.send("hello all")
+        hub.flush()
+    # Everyone else is served in that same flush, the bot's leave line included.
+    assert bob.sink.lines() == ["alice: hello all", "* crashy left lobby (error)"]
+    assert carol.sink.lines() == ["alice: hello all", "* crashy left lobby (error)"]
+    assert hub.find("crashy") is None
+    assert hub.statistics().disconnects == {"error": 1}
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "asyncchat.hub"]
+    assert len(errors) == 1
+    assert errors[0].exc_info is not None
+    assert "crashy" in errors[0].getMessage()
+    alice.send("still here")
+    assert bob.read() == ["alice: still here"]
+    assert carol.read() == ["alice: still here"]
+
+
+@pytest.mark.parametrize("room", ["no good", "extra"])
+def test_add_bot_that_cannot_join_raises_usage_error_and_leaves_nothing(room: str) -> None:
+    hub = Hub(limits=Limits(max_rooms=1))  # only lobby: "extra" is one room too many
+    alice = Peer(hub, "alice")
+    before = hub.statistics()
+    with pytest.raises(UsageError):
+        hub.add_bot("helper", room=room)
+    assert hub.find("helper") is None
+    assert [m.nick for m in hub.members()] == ["alice"]
+    assert hub.statistics() == before
+    assert hub._per_ip == {"10.0.0.1": 1}
+    assert hub.who("lobby") == ["alice"]
+    assert [r.name for r in hub.rooms()] == ["lobby"]
+    bot = hub.add_bot("helper")  # the name is free again
+    assert hub.who("lobby") == ["alice", "helper"]
+    assert alice.read() == ["* helper joined lobby"]
+    hub.disconnect(bot)
+
+
+def test_bots_receive_typed_events_with_their_room(hub: Hub) -> None:
+    alice = Peer(hub, "alice")
+    heard: list[object] = []
+    bot = hub.add_bot("helper", heard.append)
+    hub.flush()
+    assert heard == [Joined("helper", "lobby")]
+    heard.clear()
+    forged = "hi\u2028* admin joined lobby\u2029* admin left lobby\x85! forged"
+    alice.send("hi", "/me waves", forged)
+    hub.say(bot, "my own line")  # never shown to the bot itself
+    alice.send("/quit")
+    hub.flush()
+    assert heard == [
+        Message("alice", "hi", "lobby"),
+        Action("alice", "waves", "lobby"),
+        Message("alice", forged, "lobby"),
+        Quit("alice", "lobby", "quit"),
+    ]
+
+
+def test_close_all_tells_observers_each_leave_per_room(hub: Hub) -> None:
+    seen: list[object] = []
+    hub.subscribe(seen.append)
+    alice, bob = Peer(hub, "alice"), Peer(hub, "bob")
+    hub.join(alice.member, "side")
+    hub.flush()
+    seen.clear()
+    hub.close_all("server is shutting down")
+    assert sorted(map(repr, seen)) == sorted(
+        map(
+            repr,
+            [
+                Left("alice", "lobby", "server shutting down"),
+                Left("alice", "side", "server shutting down"),
+                Left("bob", "lobby", "server shutting down"),
+            ],
+        )
+    )
+    assert bob.sink.closed

@@ -8,7 +8,8 @@ import logging
 import pytest
 
 from asyncchat import Hub, Limits
-from asyncchat.runtime import TICK_SECONDS, attach
+from asyncchat.events import ChatEvent, Joined, Left, Message
+from asyncchat.runtime import TICK_SECONDS, attach, watch
 from asyncchat.tcp import serve_tcp
 
 from .chatclient import TIMEOUT, LineClient
@@ -85,3 +86,27 @@ async def test_the_first_tick_raises_to_the_caller_of_attach() -> None:
     with pytest.raises(ZeroDivisionError, match="broken at once"):
         async with serve_tcp(hub, host="127.0.0.1", port=0):
             pass
+
+
+async def test_watch_ends_when_the_hubs_servers_close() -> None:
+    hub = Hub(limits=Limits(shutdown_timeout=TIMEOUT))
+    async with watch(hub) as events:
+        server = serve_tcp(hub, port=0)
+        await server.start()
+        try:
+            async with await LineClient.connect(server.address, "alice") as alice:
+                await alice.send("hello")
+                async with asyncio.timeout(TIMEOUT):
+                    assert await anext(events) == Joined("alice", "lobby")
+                    assert await anext(events) == Message("alice", "hello", "lobby")
+                await server.aclose()
+                assert (await alice.eof())[-1] == "*** closing: server is shutting down"
+        finally:
+            await server.aclose()
+        seen: list[ChatEvent] = []
+        async with asyncio.timeout(TIMEOUT):
+            async for event in events:  # ends by itself: the runtime was released
+                seen.append(event)
+        assert seen == [Left("alice", "lobby", "server shutting down")]
+        with pytest.raises(StopAsyncIteration):
+            await anext(events)

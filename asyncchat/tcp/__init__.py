@@ -250,7 +250,11 @@ class TcpServer(Server):
                 logger.warning("shutdown: %d connections did not drain in time; aborting them", len(self._connections))
             for connection in list(self._connections):
                 connection.transport.abort()
-        await server.wait_closed()
+        # Since Python 3.12, wait_closed() also waits for connections still in their TLS
+        # handshake, which a slow peer can hold open: close() has already closed the
+        # listening sockets, and a handshake that finishes later is refused (self.closing).
+        if sys.version_info < (3, 12):
+            await server.wait_closed()
         self._remove_unix_file()
 
     def _remove_unix_file(self) -> None:

@@ -91,6 +91,8 @@ class ErrorCode(enum.StrEnum):
     TOO_MANY_FROM_ADDRESS = "too-many-from-address"
     #: A line that the server will not relay (e.g. an action that reads like a server line).
     FORBIDDEN = "forbidden"
+    #: The command needs a nickname first (IRC's "not registered").
+    NOT_LOGGED_IN = "not-logged-in"
     #: The nickname is still being checked across nodes; the line was dropped.
     PENDING = "pending"
     #: Any other refusal.

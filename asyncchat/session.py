@@ -247,7 +247,7 @@ class Session:
             self._ping(command)
             return
         if not isinstance(command, cmd.ChangeNick):
-            raise ProtocolError("choose a nickname first", code=ErrorCode.NOT_IN_ROOM)
+            raise ProtocolError("choose a nickname first", code=ErrorCode.NOT_LOGGED_IN)
         self._naming = True
         try:
             self.hub.login(self.member, command.nick, room=self._start_room, on_login=self._named)

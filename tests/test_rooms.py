@@ -103,6 +103,9 @@ def test_login_without_a_room_and_typed_joins_keep_every_room(hub: Hub) -> None:
     sink = RecordingSink()
     member = hub.connect(sink, kind="irc", now=0.0)
     session = Session(hub, member, now=0.0, room=None, greeting=False)
+    session.execute(cmd.Join("early"), 0.0)
+    hub.flush()
+    assert sink.lines() == ["! choose a nickname first"]
     session.execute(cmd.ChangeNick("ircuser"), 0.0)
     assert session.state is SessionState.CHATTING
     assert member.rooms == []

@@ -19,6 +19,7 @@ __all__ = [
     "ChangeNick",
     "Command",
     "Custom",
+    "ErrorCodes",
     "Help",
     "Join",
     "Kick",
@@ -148,6 +149,13 @@ class Help:
 
 
 @dataclass(frozen=True, slots=True)
+class ErrorCodes:
+    """v1 ``/codes on|off``: whether this member's error lines carry their code (allowed before login)."""
+
+    on: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Custom:
     """A command of the embedding program (``commands={"roll": handler}``)."""
 
@@ -171,5 +179,6 @@ Command = (
     | Ping
     | QuitChat
     | Help
+    | ErrorCodes
     | Custom
 )

@@ -180,7 +180,7 @@ def parse_command(line: str, custom: Collection[str] = frozenset()) -> cmd.Comma
         case "codes":
             if arg.lower() not in ("on", "off"):
                 raise CommandError("usage: /codes on|off")
-            return cmd.Custom("codes", arg.lower())
+            return cmd.ErrorCodes(arg.lower() == "on")
         case "ping":
             return cmd.Ping(arg)
         case "quit":

@@ -61,7 +61,7 @@ class Session:
     ``handler(session, arg)`` that the embedding program provides; a handler
     may raise :class:`~asyncchat.errors.ProtocolError` to answer with an error.
     *room* is where the member starts after login (``None``: no room, as IRC
-    clients expect); *greeting* is the event sent at once (``None``: nothing).
+    clients expect); with *greeting*, the member is sent a :class:`~asyncchat.events.Greeting` at once.
     """
 
     __slots__ = (
@@ -230,6 +230,8 @@ class Session:
                 self._quit(command)
             case cmd.Help():
                 self._help(command)
+            case cmd.ErrorCodes():
+                self._codes(command)
             case cmd.Custom():
                 self._custom(command)
 
@@ -237,7 +239,7 @@ class Session:
         if self._naming:  # a cluster-wide nickname claim is in flight
             self._hold(command)
             return
-        if isinstance(command, cmd.Custom) and command.name == "codes":
+        if isinstance(command, cmd.ErrorCodes):
             self._codes(command)
             return
         if isinstance(command, cmd.QuitChat):
@@ -359,16 +361,13 @@ class Session:
         self.hub.send(self.member, Help(tuple(sorted(self._extra or ()))))
 
     def _custom(self, command: cmd.Custom) -> None:
-        if command.name == "codes" and not (self._extra and "codes" in self._extra):
-            self._codes(command)
-            return
         handler = (self._extra or {}).get(command.name)
         if handler is None:
             raise ProtocolError(f"unknown command /{command.name[:40]}", code=ErrorCode.UNKNOWN_COMMAND)
         handler(self, command.arg)
 
-    def _codes(self, command: cmd.Custom) -> None:
+    def _codes(self, command: cmd.ErrorCodes) -> None:
         """v1 ``/codes on|off``: error lines carry their code (for programs) or not (for people)."""
         member = self.member
-        if member.encoder in (encode, encode_with_codes):
-            member.encoder = encode_with_codes if command.arg == "on" else encode
+        if member.encoder in (encode, encode_with_codes):  # another front end's encoder is left alone
+            member.encoder = encode_with_codes if command.on else encode

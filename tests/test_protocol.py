@@ -113,6 +113,7 @@ def test_room_names() -> None:
         ("/op bob", cmd.SetOperator("bob", True)),
         ("/deop bob", cmd.SetOperator("bob", False)),
         ("/ping", cmd.Ping()),
+        ("/codes ON", cmd.ErrorCodes(True)),
         ("/help", cmd.Help()),
     ],
 )
